@@ -1,0 +1,27 @@
+"""Pure money: prices, token counts and the ledger wallet. No chat, no platform, no HTTP."""
+
+from billing.wallet import open_wallet
+from billing.wallet.base import (
+    Balance,
+    Entry,
+    Hold,
+    HoldNotActive,
+    HoldNotFound,
+    InsufficientCredits,
+    InvalidAmount,
+    Wallet,
+    WalletError,
+)
+
+__all__ = [
+    "Balance",
+    "Entry",
+    "Hold",
+    "HoldNotActive",
+    "HoldNotFound",
+    "InsufficientCredits",
+    "InvalidAmount",
+    "Wallet",
+    "WalletError",
+    "open_wallet",
+]

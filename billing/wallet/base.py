@@ -1,0 +1,192 @@
+"""The wallet contract: a ledger of two-phase transfers, the same for every backend.
+
+Amounts are integers in millicredits (1 credit = 1,000). Every call that moves money takes an
+idempotency key: the same key again changes nothing and returns the first result.
+
+Invariants (every backend, any concurrency, any number of processes):
+- available = total - held never drops below zero;
+- total always equals the sum of the account's ledger entries;
+- a ledger entry and its balance change commit together;
+- a hold past its expiry is never captured: capture refuses it and the sweeper voids it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+# Ledger entry kinds. Credits are positive, captures and debits negative.
+CREDIT = "credit"  # top-up, grant, refund, compensation
+CAPTURE = "capture"  # the spent part of a hold
+DEBIT = "debit"  # an operator's reversal (e.g. a refunded payment)
+
+# Hold states.
+HELD = "held"
+CAPTURED = "captured"
+VOIDED = "voided"
+EXPIRED = "expired"  # voided by the sweeper (or on a late capture) because its time ran out
+
+
+class WalletError(Exception):
+    """Base of every wallet refusal; the message is safe to show an operator."""
+
+
+class InsufficientCredits(WalletError):
+    """The account's available credit does not cover the amount asked for."""
+
+    def __init__(self, account: str, requested: int, available: int) -> None:
+        super().__init__(
+            f"insufficient credits on {account}: requested {requested}, available {available}"
+        )
+        self.account = account
+        self.requested = requested
+        self.available = available
+
+
+class HoldNotFound(WalletError):
+    """No hold has that id."""
+
+
+class HoldNotActive(WalletError):
+    """The hold was already captured, voided or expired (and the call was not a replay)."""
+
+    def __init__(self, hold_id: str, status: str) -> None:
+        super().__init__(f"hold {hold_id} is {status}")
+        self.hold_id = hold_id
+        self.status = status
+
+
+class InvalidAmount(WalletError):
+    """Amounts are positive integers (captures may be zero) and captures never exceed the hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An account's money at one instant, in millicredits."""
+
+    account: str
+    total: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.total - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger line. `amount` is signed: positive credits, negative captures/debits."""
+
+    id: str
+    account: str
+    kind: str
+    amount: int
+    key: str
+    reason: str
+    created_at: datetime
+    ref: str | None = None  # the entry this one compensates or reverses, the hold it captures
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Credit reserved before spending; captured (≤ amount) or voided exactly once."""
+
+    id: str
+    account: str
+    amount: int
+    key: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    captured: int = 0
+    entry_id: str | None = None  # the capture's ledger entry, once captured
+
+
+@runtime_checkable
+class Wallet(Protocol):
+    """One interface, three backends (SQLite, PostgreSQL, Redis), chosen by URL."""
+
+    async def credit(
+        self,
+        account: str,
+        amount: int,
+        key: str,
+        reason: str,
+        *,
+        ref: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Add `amount` (> 0) to the account: top-ups, grants, refunds, compensation."""
+        ...
+
+    async def debit(
+        self,
+        account: str,
+        amount: int,
+        key: str,
+        reason: str,
+        *,
+        ref: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Take `amount` (> 0) back, for an operator's reversal; refused past available."""
+        ...
+
+    async def hold(self, account: str, amount: int, key: str, ttl: float) -> Hold:
+        """Reserve `amount` (> 0) for `ttl` seconds; InsufficientCredits if available < amount."""
+        ...
+
+    async def capture(
+        self,
+        hold_id: str,
+        amount: int,
+        *,
+        reason: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Spend `amount` (0 ≤ amount ≤ held) of the hold and release the rest.
+
+        A second capture of the same hold returns the first entry; a voided or expired hold
+        raises HoldNotActive.
+        """
+        ...
+
+    async def void(self, hold_id: str, reason: str = "") -> Hold:
+        """Release the whole hold. Voiding a voided hold returns it; a captured one raises."""
+        ...
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        """The hold as it stands now (HoldNotFound if none)."""
+        ...
+
+    async def balance(self, account: str) -> Balance:
+        """Total, held and available; an unknown account is all zeros."""
+        ...
+
+    async def entries(
+        self, account: str, *, limit: int = 50, before: datetime | None = None
+    ) -> list[Entry]:
+        """The account's ledger, newest first."""
+        ...
+
+    async def get_entry(self, entry_id: str) -> Entry | None:
+        """One ledger entry by id."""
+        ...
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Void every hold past its expiry; returns how many it voided."""
+        ...
+
+    async def accounts(self) -> list[str]:
+        """Every account that has a ledger entry or a hold (for reconciliation and reports)."""
+        ...
+
+    async def open_holds(self) -> list[Hold]:
+        """Every hold still in the held state (for reconciliation and metrics)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

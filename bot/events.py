@@ -1,0 +1,92 @@
+"""What flows between an adapter and the core: a Message in, plain events out.
+
+Adapters turn platform updates into a `Message`, call `Core.handle(message, stop=...)` and
+render each event it yields. Platform limits (message length, flood control, XML, AES) are the
+adapter's business; these types know nothing of any platform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One user message as the core sees it, whatever platform it came from."""
+
+    platform: str  # "telegram", "wechat", "console"
+    user_id: str  # the platform's user id
+    chat_id: str  # where replies go (same as user_id in private chats)
+    message_id: str  # unique per platform delivery; redeliveries repeat it
+    text: str
+    images: tuple[str, ...] = ()
+    language: str | None = None  # the user's language code from the platform, if any
+    user_name: str = ""
+    is_private: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A button under an image: `label` to show, `data` to hand back to `Core.press`.
+
+    `data` is at most 64 bytes (Telegram's callback_data limit).
+    """
+
+    label: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of a reply being streamed."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinalText:
+    """The whole reply (also the answer to a command). Always sent, even after deltas."""
+
+    text: str
+    stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A long task (a Midjourney image) moved on."""
+
+    task_id: str
+    text: str
+    percent: int | None = None
+    image_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """A finished image with the actions that can follow it."""
+
+    task_id: str
+    url: str
+    caption: str
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A short message that is not a model reply: errors, refusals, confirmations."""
+
+    text: str
+    kind: str = "info"  # "info", "error", "wait", "insufficient"
+
+
+Event = TextDelta | FinalText | Progress | ImageResult | Notice
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event for a chat that arrives outside a `handle` call (a task resumed after restart)."""
+
+    platform: str
+    user_id: str
+    chat_id: str
+    event: Event
