@@ -1,7 +1,9 @@
 """The `creditbot` command. Each subcommand group lives in its own module of this package.
 
 A module takes part by defining `register(subparsers)`, which adds its parsers and sets
-`func` (a callable taking the parsed args and returning an exit code) on each.
+`func` (a callable taking the parsed args and returning an exit code) on each. Front ends add
+their commands (`chat`, `run`) through the `creditbot.commands` entry point group, so the core
+never imports the adapters wing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    for ep in sorted(entry_points(group="creditbot.commands"), key=lambda e: e.name):
+        ep.load().register(subparsers)
     return parser
 
 
