@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     wechatpay_notify_url: str = ""
     wechatpay_api_base: str = "https://api.mch.weixin.qq.com"
     wechatpay_platform_cert: Path | None = None
+    wechatpay_private_key: Path | None = None
+    wechatpay_cert_serial: str = ""
     wechatpay_order_ttl_seconds: int = 1800
 
     @property
