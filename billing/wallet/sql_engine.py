@@ -1,0 +1,144 @@
+"""Opening a SQL database the way every creditbot SQL store needs it, and migrating it.
+
+One place knows the URL forms, SQLite's settings and how migrations run, so the wallet and the
+bot's key-value store (same database) behave alike.
+
+SQLite settings, per connection: WAL journal (readers never block the writer), synchronous=FULL
+(a committed charge or top-up survives a power cut; override with `?synchronous=NORMAL` in the
+URL), busy_timeout 30 s (another process's write waits instead of failing), and writes open with
+BEGIN IMMEDIATE so two writers never deadlock upgrading read locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, pool
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+WRITE_OPTION = "creditbot_write"  # execution option: this transaction will write
+MIGRATION_LOCK_ID = 0x63726564  # pg_advisory_xact_lock key ("cred")
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept sqlite://, sqlite+aiosqlite://, postgres://, postgresql:// and pick async drivers."""
+    u = make_url(url) if isinstance(url, str) else url
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return u.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported SQL URL scheme: {u.drivername!r}")
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
+    """An async engine with creditbot's settings (see the module docstring)."""
+    u = normalize_url(url)
+    if u.get_backend_name() == "sqlite":
+        return _sqlite_engine(u)
+    return create_async_engine(
+        u, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=False
+    )
+
+
+def _sqlite_engine(u: URL) -> AsyncEngine:
+    query = dict(u.query)
+    sync = str(query.pop("synchronous", "FULL")).upper()
+    if sync not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
+    u = u.set(query=query)
+    memory = u.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000}}
+    if memory:
+        kwargs["poolclass"] = pool.StaticPool
+    else:
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs.update(pool_size=5, max_overflow=5)
+    engine = create_async_engine(u, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours to send.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not memory:
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute(f"PRAGMA synchronous = {sync}")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool), but its transactions announce they will write."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lock or serialization failure that a retry of the whole transaction will get past."""
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig).lower()
+        if "locked" in text or "busy" in text:
+            return True
+    if isinstance(exc, DBAPIError):
+        orig: Any = exc.orig
+        state = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None
+        )
+        return state in ("40001", "40P01")  # serialization failure, deadlock
+    return False
+
+
+async def retrying(op: Callable[[], Awaitable[T]], *, attempts: int = 50) -> T:
+    """Run `op`, retrying transient lock failures with jittered exponential backoff."""
+    delay = 0.002
+    for attempt in range(attempts):
+        try:
+            return await op()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
+    raise AssertionError("unreachable")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to head; safe when several processes open a fresh database at once.
+
+    PostgreSQL: a transaction-scoped advisory lock serializes the migrators. SQLite: the
+    migration runs inside BEGIN IMMEDIATE, so only one process writes the schema while the
+    others wait (busy_timeout) and then find it already at head.
+    """
+    from billing.migrations import upgrade
+
+    def run(sync_conn: Connection) -> None:
+        if sync_conn.dialect.name == "postgresql":
+            sync_conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+        upgrade(sync_conn)
+
+    async def once() -> None:
+        async with writer(engine).begin() as conn:
+            await conn.run_sync(run)
+
+    await retrying(once)

@@ -1,0 +1,561 @@
+"""The wallet on SQL: SQLite (embedded default) or PostgreSQL, through SQLAlchemy 2 async.
+
+Every money call is one short transaction of conditional statements, so the database itself
+enforces the rules without row locks that SQLite lacks:
+- a hold succeeds only through `UPDATE accounts SET held = held + :a WHERE total - held >= :a`,
+  a debit through the same test on `total`; a zero row count is a refusal;
+- a hold is captured or voided only through `UPDATE holds ... WHERE status = 'held'`, so it
+  moves exactly once, and a capture also requires `expires_at > now`;
+- idempotency keys are UNIQUE: `INSERT ... ON CONFLICT (key) DO NOTHING` finds a replay, which
+  then returns the first result and changes nothing.
+The ledger row and the balance change are written in the same transaction. On SQLite, writes
+in one process go through one lock (no pointless lock fights) and start with BEGIN IMMEDIATE;
+other processes wait on busy_timeout, and a leftover "database is locked" is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from billing.wallet.base import (
+    CAPTURE,
+    CAPTURED,
+    CREDIT,
+    DEBIT,
+    EXPIRED,
+    HELD,
+    VOIDED,
+    Balance,
+    Entry,
+    Hold,
+    HoldNotActive,
+    HoldNotFound,
+    InsufficientCredits,
+    InvalidAmount,
+    WalletError,
+)
+from billing.wallet.sql_engine import create_engine, is_sqlite, migrate, retrying, writer
+from billing.wallet.sql_schema import accounts, entries, holds
+
+T = TypeVar("T")
+
+MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
+CAPTURE_KEY_PREFIX = "capture:"  # a capture's ledger key is "capture:" + the hold's key
+
+_p = sa.bindparam
+
+
+class _Retry(Exception):
+    """A concurrent change raced this transaction's view; run it again."""
+
+
+class _Deferred:
+    """An error to raise after the transaction commits (an expired hold is voided, then refused)."""
+
+    def __init__(self, error: WalletError) -> None:
+        self.error = error
+
+
+def _check_amount(amount: int, *, zero_ok: bool = False) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmount(f"amount must be an integer number of millicredits, got {amount!r}")
+    if amount < 0 or (amount == 0 and not zero_ok) or amount > MAX_AMOUNT:
+        raise InvalidAmount(f"amount out of range: {amount}")
+
+
+def _parse_id(value: str) -> int | None:
+    """Ids are short decimal strings (an operator types them); anything else matches nothing."""
+    value = str(value).strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
+def _entry(row: Row[Any]) -> Entry:
+    m = row._mapping
+    return Entry(
+        id=str(m["id"]),
+        account=m["account"],
+        kind=m["kind"],
+        amount=m["amount"],
+        key=m["key"],
+        reason=m["reason"],
+        created_at=m["created_at"],
+        ref=m["ref"],
+        meta=dict(m["meta"] or {}),
+    )
+
+
+def _hold(row: Row[Any], entry_id: Any = None) -> Hold:
+    m = row._mapping
+    if entry_id is None and "entry_id" in m:
+        entry_id = m["entry_id"]
+    return Hold(
+        id=str(m["id"]),
+        account=m["account"],
+        amount=m["amount"],
+        key=m["key"],
+        status=m["status"],
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        captured=m["captured"],
+        entry_id=None if entry_id is None else str(entry_id),
+    )
+
+
+_HOLD_COLS = [c for c in holds.c if c.name not in ("closed_at", "reason")]
+_capture_entry = entries.alias("capture_entry")
+# A hold with the id of its capture entry (found through the capture's derived key).
+_HOLD_SELECT = sa.select(*_HOLD_COLS, _capture_entry.c.id.label("entry_id")).select_from(
+    holds.outerjoin(
+        _capture_entry, _capture_entry.c.key == sa.literal(CAPTURE_KEY_PREFIX) + holds.c.key
+    )
+)
+
+
+class SqlWallet:
+    """Wallet protocol on SQLite or PostgreSQL (see module docstring for how it stays exact)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = writer(engine)
+        self._sqlite = is_sqlite(engine)
+        # One writer at a time per process on SQLite: the file allows one anyway.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
+        self._build_statements()
+
+    @classmethod
+    async def open(cls, url: str) -> SqlWallet:
+        """Open (creating if needed) and migrate the database at `url`, then return the wallet."""
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    # -- prepared statements ---------------------------------------------------------------
+
+    def _build_statements(self) -> None:
+        insert = sqlite.insert if self._sqlite else postgresql.insert
+        self._ins_entry = (
+            insert(entries).on_conflict_do_nothing(index_elements=["key"]).returning(entries.c.id)
+        )
+        self._ins_entry_plain = sa.insert(entries).returning(entries.c.id)
+        self._entry_by_key = sa.select(entries).where(entries.c.key == _p("p_key"))
+        self._entry_by_id = sa.select(entries).where(entries.c.id == _p("p_id"))
+        stmt = insert(accounts).values(id=_p("p_acct"), total=_p("p_amt"), held=0)
+        self._credit_account = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"total": accounts.c.total + stmt.excluded.total}
+        )
+        self._debit_account = (
+            sa.update(accounts)
+            .where(accounts.c.id == _p("p_acct"))
+            .where(accounts.c.total - accounts.c.held >= _p("p_amt"))
+            .values(total=accounts.c.total - _p("p_amt"))
+        )
+        self._reserve = (
+            sa.update(accounts)
+            .where(accounts.c.id == _p("p_acct"))
+            .where(accounts.c.total - accounts.c.held >= _p("p_amt"))
+            .values(held=accounts.c.held + _p("p_amt"))
+        )
+        self._release = (
+            sa.update(accounts)
+            .where(accounts.c.id == _p("p_acct"))
+            .values(held=accounts.c.held - _p("p_held"), total=accounts.c.total - _p("p_spent"))
+        )
+        self._available = sa.select(accounts.c.total - accounts.c.held).where(
+            accounts.c.id == _p("p_acct")
+        )
+        self._balance = sa.select(accounts.c.total, accounts.c.held).where(
+            accounts.c.id == _p("p_acct")
+        )
+        self._ins_hold = (
+            insert(holds).on_conflict_do_nothing(index_elements=["key"]).returning(holds.c.id)
+        )
+        self._hold_by_key = _HOLD_SELECT.where(holds.c.key == _p("p_key"))
+        self._hold_by_id = _HOLD_SELECT.where(holds.c.id == _p("p_id"))
+        self._capture_hold = (
+            sa.update(holds)
+            .where(holds.c.id == _p("p_id"))
+            .where(holds.c.status == HELD)
+            .where(holds.c.expires_at > _p("p_now"))
+            .where(holds.c.amount >= _p("p_amt"))
+            .values(status=CAPTURED, captured=_p("p_amt"), closed_at=_p("p_now"))
+            .returning(holds.c.account, holds.c.amount, holds.c.key)
+        )
+        self._close_hold = (
+            sa.update(holds)
+            .where(holds.c.id == _p("p_id"))
+            .where(holds.c.status == HELD)
+            .values(
+                status=sa.case((holds.c.expires_at <= _p("p_now"), EXPIRED), else_=VOIDED),
+                closed_at=_p("p_now"),
+                reason=_p("p_reason"),
+            )
+            .returning(*_HOLD_COLS)
+        )
+        self._expire_due = (
+            sa.update(holds)
+            .where(holds.c.status == HELD)
+            .where(holds.c.expires_at <= _p("p_now"))
+            .values(status=EXPIRED, closed_at=_p("p_now"), reason="expired")
+            .returning(holds.c.account, holds.c.amount)
+        )
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in one write transaction, retried whole on lock/serialization failures."""
+
+        async def once() -> T:
+            lock = self._write_lock or contextlib.nullcontext()
+            async with lock, self._writer.begin() as conn:
+                return await fn(conn)
+
+        for _ in range(20):
+            try:
+                return await retrying(once)
+            except _Retry:
+                await asyncio.sleep(0)
+        raise WalletError("the wallet could not settle a concurrent change; try again")
+
+    async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async def once() -> T:
+            async with self._engine.connect() as conn:
+                return await fn(conn)
+
+        return await retrying(once)
+
+    async def _insufficient(self, conn: AsyncConnection, account: str, amount: int) -> None:
+        available = (await conn.execute(self._available, {"p_acct": account})).scalar()
+        raise InsufficientCredits(account, amount, int(available or 0))
+
+    # -- money -----------------------------------------------------------------------------
+
+    async def credit(
+        self,
+        account: str,
+        amount: int,
+        key: str,
+        reason: str,
+        *,
+        ref: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        _check_amount(amount)
+        return await self._entry_op(CREDIT, account, amount, key, reason, ref, meta)
+
+    async def debit(
+        self,
+        account: str,
+        amount: int,
+        key: str,
+        reason: str,
+        *,
+        ref: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        _check_amount(amount)
+        return await self._entry_op(DEBIT, account, amount, key, reason, ref, meta)
+
+    async def _entry_op(
+        self,
+        kind: str,
+        account: str,
+        amount: int,
+        key: str,
+        reason: str,
+        ref: str | None,
+        meta: dict[str, Any] | None,
+    ) -> Entry:
+        signed = amount if kind == CREDIT else -amount
+        meta = dict(meta or {})
+
+        async def tx(conn: AsyncConnection) -> Entry:
+            now = datetime.now(UTC)
+            row = {
+                "account": account,
+                "kind": kind,
+                "amount": signed,
+                "key": key,
+                "reason": reason,
+                "ref": ref,
+                "meta": meta or None,
+                "created_at": now,
+            }
+            new_id = (await conn.execute(self._ins_entry, row)).scalar()
+            if new_id is None:  # a replay: the first result stands
+                first = (await conn.execute(self._entry_by_key, {"p_key": key})).one()
+                return _entry(first)
+            params = {"p_acct": account, "p_amt": amount}
+            if kind == CREDIT:
+                await conn.execute(self._credit_account, params)
+            elif (await conn.execute(self._debit_account, params)).rowcount != 1:
+                await self._insufficient(conn, account, amount)
+            return Entry(
+                id=str(new_id),
+                account=account,
+                kind=kind,
+                amount=signed,
+                key=key,
+                reason=reason,
+                created_at=now,
+                ref=ref,
+                meta=meta,
+            )
+
+        return await self._write(tx)
+
+    async def hold(self, account: str, amount: int, key: str, ttl: float) -> Hold:
+        _check_amount(amount)
+        if not ttl > 0:
+            raise ValueError(f"hold ttl must be positive seconds, got {ttl!r}")
+        span = timedelta(seconds=ttl)
+
+        async def tx(conn: AsyncConnection) -> Hold:
+            now = datetime.now(UTC)
+            row = {
+                "account": account,
+                "amount": amount,
+                "key": key,
+                "status": HELD,
+                "captured": 0,
+                "created_at": now,
+                "expires_at": now + span,
+            }
+            new_id = (await conn.execute(self._ins_hold, row)).scalar()
+            if new_id is None:  # a replay: the hold as it stands now
+                return _hold((await conn.execute(self._hold_by_key, {"p_key": key})).one())
+            reserved = await conn.execute(self._reserve, {"p_acct": account, "p_amt": amount})
+            if reserved.rowcount != 1:
+                await self._insufficient(conn, account, amount)
+            return Hold(
+                id=str(new_id),
+                account=account,
+                amount=amount,
+                key=key,
+                status=HELD,
+                created_at=now,
+                expires_at=now + span,
+            )
+
+        return await self._write(tx)
+
+    async def capture(
+        self,
+        hold_id: str,
+        amount: int,
+        *,
+        reason: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        _check_amount(amount, zero_ok=True)
+        hid = _parse_id(hold_id)
+        if hid is None:
+            raise HoldNotFound(f"no hold {hold_id!r}")
+        meta = dict(meta or {})
+
+        async def tx(conn: AsyncConnection) -> Entry | _Deferred:
+            now = datetime.now(UTC)
+            done = (
+                await conn.execute(self._capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
+            ).first()
+            if done is None:
+                return await self._refuse_capture(conn, hid, amount, now)
+            account, held, hkey = done
+            await conn.execute(
+                self._release, {"p_acct": account, "p_held": held, "p_spent": amount}
+            )
+            row = {
+                "account": account,
+                "kind": CAPTURE,
+                "amount": -amount,
+                "key": CAPTURE_KEY_PREFIX + hkey,
+                "reason": reason or "capture",
+                "ref": str(hid),
+                "meta": meta or None,
+                "created_at": now,
+            }
+            try:
+                new_id = (await conn.execute(self._ins_entry_plain, row)).scalar_one()
+            except IntegrityError as exc:
+                raise WalletError(f"ledger key {row['key']!r} is already used") from exc
+            return Entry(
+                id=str(new_id),
+                account=account,
+                kind=CAPTURE,
+                amount=-amount,
+                key=row["key"],
+                reason=row["reason"],
+                created_at=now,
+                ref=str(hid),
+                meta=meta,
+            )
+
+        result = await self._write(tx)
+        if isinstance(result, _Deferred):
+            raise result.error
+        return result
+
+    async def _refuse_capture(
+        self, conn: AsyncConnection, hid: int, amount: int, now: datetime
+    ) -> Entry | _Deferred:
+        """Why the capture did not happen: replay, closed, expired, or too large."""
+        found = (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+        if found is None:
+            raise HoldNotFound(f"no hold {hid}")
+        h = _hold(found)
+        if h.status == CAPTURED:
+            first = (
+                await conn.execute(self._entry_by_key, {"p_key": CAPTURE_KEY_PREFIX + h.key})
+            ).one()
+            return _entry(first)
+        if h.status != HELD:
+            raise HoldNotActive(h.id, h.status)
+        if h.expires_at <= now:
+            await self._close(conn, hid, now, "expired at capture")
+            return _Deferred(HoldNotActive(h.id, EXPIRED))
+        if amount > h.amount:
+            raise InvalidAmount(f"capture of {amount} exceeds hold {h.id} of {h.amount}")
+        raise _Retry
+
+    async def _close(
+        self, conn: AsyncConnection, hid: int, now: datetime, reason: str
+    ) -> Hold | None:
+        """Release a held hold (voided, or expired if its time is up); None if not held."""
+        params = {"p_id": hid, "p_now": now, "p_reason": reason}
+        row = (await conn.execute(self._close_hold, params)).first()
+        if row is None:
+            return None
+        h = _hold(row)
+        await conn.execute(self._release, {"p_acct": h.account, "p_held": h.amount, "p_spent": 0})
+        return h
+
+    async def void(self, hold_id: str, reason: str = "") -> Hold:
+        hid = _parse_id(hold_id)
+        if hid is None:
+            raise HoldNotFound(f"no hold {hold_id!r}")
+
+        async def tx(conn: AsyncConnection) -> Hold | _Deferred:
+            now = datetime.now(UTC)
+            h = await self._close(conn, hid, now, reason or "void")
+            if h is None:
+                found = (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+                if found is None:
+                    raise HoldNotFound(f"no hold {hid}")
+                h = _hold(found)
+                if h.status == VOIDED:
+                    return h
+                raise HoldNotActive(h.id, h.status)
+            if h.status == EXPIRED:
+                return _Deferred(HoldNotActive(h.id, EXPIRED))
+            return h
+
+        result = await self._write(tx)
+        if isinstance(result, _Deferred):
+            raise result.error
+        return result
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        at = now or datetime.now(UTC)
+
+        async def tx(conn: AsyncConnection) -> int:
+            rows = (await conn.execute(self._expire_due, {"p_now": at})).all()
+            per_account: dict[str, int] = {}
+            for account, amount in rows:
+                per_account[account] = per_account.get(account, 0) + amount
+            if per_account:
+                await conn.execute(
+                    self._release,
+                    [
+                        {"p_acct": acct, "p_held": held, "p_spent": 0}
+                        for acct, held in sorted(per_account.items())
+                    ],
+                )
+            return len(rows)
+
+        return await self._write(tx)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        hid = _parse_id(hold_id)
+        if hid is None:
+            raise HoldNotFound(f"no hold {hold_id!r}")
+
+        async def q(conn: AsyncConnection) -> Row[Any] | None:
+            return (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+
+        row = await self._read(q)
+        if row is None:
+            raise HoldNotFound(f"no hold {hold_id!r}")
+        return _hold(row)
+
+    async def balance(self, account: str) -> Balance:
+        async def q(conn: AsyncConnection) -> Row[Any] | None:
+            return (await conn.execute(self._balance, {"p_acct": account})).first()
+
+        row = await self._read(q)
+        if row is None:
+            return Balance(account, 0, 0)
+        return Balance(account, int(row.total), int(row.held))
+
+    async def entries(
+        self, account: str, *, limit: int = 50, before: datetime | None = None
+    ) -> list[Entry]:
+        stmt = sa.select(entries).where(entries.c.account == account)
+        if before is not None:
+            stmt = stmt.where(entries.c.created_at < before)
+        stmt = stmt.order_by(entries.c.id.desc()).limit(max(0, int(limit)))
+
+        async def q(conn: AsyncConnection) -> Sequence[Row[Any]]:
+            return (await conn.execute(stmt)).all()
+
+        return [_entry(r) for r in await self._read(q)]
+
+    async def get_entry(self, entry_id: str) -> Entry | None:
+        eid = _parse_id(entry_id)
+        if eid is None:
+            return None
+
+        async def q(conn: AsyncConnection) -> Row[Any] | None:
+            return (await conn.execute(self._entry_by_id, {"p_id": eid})).first()
+
+        row = await self._read(q)
+        return None if row is None else _entry(row)
+
+    async def accounts(self) -> list[str]:
+        async def q(conn: AsyncConnection) -> list[str]:
+            return list(
+                (await conn.execute(sa.select(accounts.c.id).order_by(accounts.c.id))).scalars()
+            )
+
+        return await self._read(q)
+
+    async def open_holds(self) -> list[Hold]:
+        stmt = sa.select(*_HOLD_COLS).where(holds.c.status == HELD).order_by(holds.c.id)
+
+        async def q(conn: AsyncConnection) -> Sequence[Row[Any]]:
+            return (await conn.execute(stmt)).all()
+
+        return [_hold(r) for r in await self._read(q)]
+
+    async def close(self) -> None:
+        await self._engine.dispose()
