@@ -16,7 +16,8 @@ slot and also runs on Redis Cluster):
                          written beside the credit, never inside a script)
 
 Ids carry their account so a call finds the right slot: entry N of account ID is `ID~N`, hold N is
-`ID~hN`. Idempotency keys are scoped to their account. Timestamps come from the server's clock
+`ID~hN`. Idempotency keys are scoped to their account; a capture's entry has the key
+`capture:` + the hold's key, as in the SQL wallet. Timestamps come from the server's clock
 (`TIME` inside the scripts), so every process agrees on when a hold expires.
 """
 

@@ -28,7 +28,7 @@ if amount > tonumber(h[2]) then
 end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local json = '{"id":' .. cjson.encode(ARGV[3] .. n) .. ',"ts":' .. now
-  .. ',"key":' .. cjson.encode(h[5]) .. ',' .. ARGV[4]
+  .. ',"key":' .. cjson.encode('capture:' .. h[5]) .. ',' .. ARGV[4]
 redis.call('XADD', KEYS[4], n .. '-0', 'entry', json)
 if amount > 0 then
   redis.call('HINCRBY', KEYS[1], 'total', '-' .. ARGV[1])

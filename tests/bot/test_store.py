@@ -1,0 +1,131 @@
+"""The bot's key-value store, the same tests on SQLite, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.store import open_store
+from bot.store.base import Store
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await open_store(store_url)
+    yield s
+    await s.close()
+
+
+async def test_values_are_kept_until_deleted_and_survive_a_reopen(
+    store: Store, store_url: str
+) -> None:
+    assert await store.get("conv:tg:1") is None
+    await store.set("conv:tg:1", '{"model": "gpt-4"}')
+    await store.set("lang:tg:1", "zh")
+    await store.set("lang:tg:1", "en")
+    again = await open_store(store_url)
+    try:
+        assert await again.get("conv:tg:1") == '{"model": "gpt-4"}'
+        assert await again.get("lang:tg:1") == "en"
+    finally:
+        await again.close()
+    assert await store.delete("conv:tg:1") is True
+    assert await store.delete("conv:tg:1") is False
+    assert await store.get("conv:tg:1") is None
+
+
+async def test_expired_values_read_as_absent(store: Store) -> None:
+    await store.set("pending:wx:1", "reply", ttl=0.05)
+    assert await store.get("pending:wx:1") == "reply"
+    await asyncio.sleep(0.15)
+    assert await store.get("pending:wx:1") is None
+    assert await store.delete("pending:wx:1") is False
+
+
+async def test_add_sets_only_once_until_the_key_expires(store: Store) -> None:
+    """Dedupe of redelivered messages: the first delivery wins, the retry is dropped."""
+    assert await store.add("seen:wx:msg1", "1", ttl=0.1) is True
+    assert await store.add("seen:wx:msg1", "2", ttl=0.1) is False
+    assert await store.get("seen:wx:msg1") == "1"
+    await asyncio.sleep(0.2)
+    assert await store.add("seen:wx:msg1", "3") is True
+    assert await store.add("seen:wx:msg1", "4") is False
+    assert await store.get("seen:wx:msg1") == "3"
+
+
+async def test_concurrent_add_has_exactly_one_winner(store_url: str) -> None:
+    """Several connections race for the same key: exactly one of them gets it."""
+    stores = [await open_store(store_url) for _ in range(4)]
+    try:
+        for round_ in range(3):
+            wins = await asyncio.gather(
+                *(s.add(f"lock:{round_}", str(i), ttl=30) for i, s in enumerate(stores * 5))
+            )
+            assert sum(wins) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+_RACER = """
+import asyncio, sys
+from bot.store import open_store
+
+async def main(url):
+    store = await open_store(url)
+    won = [await store.add(f"race:{i}", "x", ttl=60) for i in range(30)]
+    await store.close()
+    print("".join("1" if w else "0" for w in won))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_add_is_atomic_across_processes(store: Store, store_url: str) -> None:
+    await store.get("warm-up")  # the schema exists before the racers start
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _RACER, store_url, stdout=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    outputs = [(await p.communicate())[0].decode().strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    for i in range(30):
+        assert sum(out[i] == "1" for out in outputs) == 1
+
+
+async def test_incr_counts_and_starts_again_after_expiry(store: Store) -> None:
+    """Rate limits: a counter per window, fresh once the window has passed."""
+    assert [await store.incr("rate:tg:1", ttl=0.15) for _ in range(3)] == [1, 2, 3]
+    assert await store.get("rate:tg:1") == "3"
+    await asyncio.sleep(0.25)
+    assert await store.incr("rate:tg:1", ttl=0.15) == 1
+    assert await store.incr("total") == 1
+    assert await store.incr("total") == 2
+
+
+async def test_concurrent_incr_loses_no_count(store_url: str) -> None:
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.incr("hits", ttl=60) for s in stores * 10))
+        assert await stores[0].get("hits") == "30"
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_sets(store: Store) -> None:
+    assert await store.smembers("mj:tasks") == set()
+    await store.sadd("mj:tasks", "t1")
+    await store.sadd("mj:tasks", "t2")
+    await store.sadd("mj:tasks", "t1")
+    await store.sadd("other", "t9")
+    assert await store.smembers("mj:tasks") == {"t1", "t2"}
+    await store.srem("mj:tasks", "t1")
+    await store.srem("mj:tasks", "nope")
+    assert await store.smembers("mj:tasks") == {"t2"}
