@@ -52,6 +52,17 @@ _SWEEP_BATCH = 500  # holds one sweep script looks at, so no script blocks the s
 _PAGE = 500
 
 
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose callers wait for a free connection instead of failing under a burst.
+
+    `?max_connections=N` in the URL changes the pool size.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=None, decode_responses=True
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
 def account_tag(account: str) -> str:
     """The account's main key; every other key of the account starts with it."""
     return f"{{acct:{account}}}"
@@ -143,7 +154,7 @@ class RedisWallet:
     @classmethod
     async def open(cls, url: str) -> RedisWallet:
         """Connect to `url` (redis://, rediss://, unix://) and load the scripts once."""
-        wallet = cls(aioredis.Redis.from_url(url, decode_responses=True))
+        wallet = cls(connect(url))
         await wallet._load()
         return wallet
 

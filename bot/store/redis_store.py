@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from billing.wallet.redis_wallet import connect
+
 KV_PREFIX = "creditbot:kv:"
 SET_PREFIX = "creditbot:set:"
 
@@ -24,7 +26,7 @@ class RedisStore:
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
+        client = connect(url)
         await client.ping()
         return cls(client)
 
