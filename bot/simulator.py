@@ -450,10 +450,11 @@ class Simulator:
             limit = body.get("max_tokens")
         tokens = _tokens()
         wanted = _TOKENS.search(prompt_text)
+        plain = _TOKENS.sub("", _FAULT.sub("", prompt_text)).strip()  # faults keep the reply
         if wanted:
-            text = _exact_tokens(model, prompt_text, int(wanted.group(1)))
+            text = _exact_tokens(model, plain, int(wanted.group(1)))
         else:
-            text = reply_text(prompt_text)
+            text = reply_text(plain)
         finish = "stop"
         if isinstance(limit, int) and limit >= 0 and tokens.count_text(model, text) > limit:
             text = _truncate(model, text, limit)
@@ -885,9 +886,9 @@ async def start_simulator(
         models=frozenset(models or DEFAULT_MODELS),
         slow_seconds=slow_seconds,
     )
-    runner = web.AppRunner(sim.build_app(), access_log=None)
+    runner = web.AppRunner(sim.build_app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     sim._runner = runner
     sockets = runner.addresses

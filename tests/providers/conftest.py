@@ -1,0 +1,16 @@
+"""A running simulated upstream per test (fast Midjourney tasks)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.simulator import Simulator, start_simulator
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = await start_simulator(mj_duration=0.3)
+    yield simulator
+    await simulator.close()
