@@ -1,0 +1,305 @@
+"""The billed chat flow: trim, count, hold, stream, capture the real cost.
+
+Billing rules (each has a test, and the README states them):
+- the upstream's usage chunk is the truth: capture cost(usage), never more than was held;
+- a stream cut before its usage: the prompt (our exact count) + the tokens of the text received;
+- the user stops the generation: the prompt + the tokens of the text generated up to the stop;
+- an upstream error before any output (or a stop before any): void the hold, charge nothing;
+- the same platform message twice: the hold key is derived from it, so it cannot hold twice.
+Every capture records model, token counts, unit prices and the rule, so /usage can show a
+user enough to recompute each charge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from billing.money import format_credits, format_decimal
+from billing.pricing import ModelPrice, UnknownModel
+from billing.tokens import count_text
+from billing.wallet.base import HELD, HoldNotActive, InsufficientCredits
+from bot.context import Request, Services
+from bot.conversations import Prompt, TooLong, fit
+from bot.events import Event, FinalText, Notice, TextDelta
+from bot.i18n import t
+from bot.limits import Lease
+from bot.providers.errors import (
+    ContextLengthExceeded,
+    QuotaExceeded,
+    RateLimited,
+    StreamCut,
+    UpstreamError,
+)
+from bot.providers.openai import Usage
+
+log = logging.getLogger(__name__)
+
+
+def price_text(value: Any) -> str:
+    """A unit price (credits per 1K tokens) as an exact decimal for the ledger."""
+    try:
+        return format_decimal(value)
+    except ValueError:
+        return str(value)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What happened upstream, enough to decide the charge."""
+
+    parts: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    cut: str | None = None  # received text of a cut stream
+    error: str | None = None  # i18n key of the error told to the user
+    stopped: bool = False
+    settled: bool = False
+    charged: int = 0
+    prompt: Prompt | None = None  # the prompt actually sent, after a context-length retry
+
+    @property
+    def text(self) -> str:
+        return self.cut if self.cut is not None and not self.parts else "".join(self.parts)
+
+
+async def chosen_model(services: Services, account: str) -> tuple[str, ModelPrice]:
+    """The account's model (falling back to the default when its price was withdrawn)."""
+    name = await services.conversations.model(account) or services.settings.default_model
+    try:
+        return name, services.prices.get(name)
+    except UnknownModel:
+        name = services.settings.default_model
+        return name, services.prices.get(name)
+
+
+class ChatFlow:
+    """One chat request, from the user's text to a settled hold."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def run(self, req: Request) -> AsyncIterator[Event]:
+        lease = await self.s.limiter.acquire(req.account)
+        if lease is None:
+            yield Notice(t("wait", req.lang), kind="wait")
+            return
+        try:
+            async for event in self._run(req, lease):
+                yield event
+        finally:
+            await lease.release()
+
+    async def _run(self, req: Request, lease: Lease) -> AsyncIterator[Event]:
+        s = self.s
+        settings = s.settings
+        model, price = await chosen_model(s, req.account)
+        context = price.context_window or 4096
+        reserve = min(settings.max_reply_tokens, context // 2)
+        history = await s.conversations.history(req.account, req.platform, req.chat_id)
+        try:
+            prompt = fit(price, settings.system_prompt, history, req.text, context - reserve)
+        except TooLong as exc:
+            yield Notice(
+                t("too_long", req.lang, model=model, tokens=exc.tokens, limit=exc.limit),
+                kind="error",
+            )
+            return
+
+        balance = await s.wallet.balance(req.account)
+        max_reply = min(
+            settings.max_reply_tokens,
+            context - prompt.tokens,
+            price.max_completion_tokens(max(balance.available, 0), prompt.tokens),
+        )
+        if max_reply < settings.min_reply_tokens:
+            yield self._insufficient(req, model, price, prompt, balance.available)
+            return
+        amount = price.chat_cost(prompt.tokens, max_reply)
+        try:
+            hold = await s.wallet.hold(
+                req.account,
+                amount,
+                f"chat:{req.platform}:{req.message_id}",
+                ttl=settings.hold_ttl_seconds,
+            )
+        except InsufficientCredits as exc:  # spent elsewhere since the balance was read
+            yield self._insufficient(req, model, price, prompt, exc.available)
+            return
+        if hold.status != HELD:
+            log.info(
+                "chat hold %s replayed (already %s); not answering twice", hold.id, hold.status
+            )
+            return
+
+        out = _Outcome()
+        try:
+            async for event in self._stream(req, lease, model, price, prompt, max_reply, out):
+                yield event
+            await self._settle(req, hold.id, hold.amount, model, price, prompt, out)
+            if out.parts or out.cut is not None:
+                await s.conversations.append(
+                    req.account, req.platform, req.chat_id, req.text, out.text, history=history
+                )
+        finally:
+            if not out.settled:  # the consumer went away (or a bug): settle what we know
+                out.stopped = True
+                with contextlib.suppress(Exception):
+                    await self._settle(req, hold.id, hold.amount, model, price, prompt, out)
+
+        if out.error and not out.parts and out.cut is None:
+            yield Notice(t(out.error, req.lang), kind="error")
+            return
+        if out.cut is not None:
+            yield Notice(
+                t("stream_cut", req.lang, credits=format_credits(out.charged)), kind="info"
+            )
+        yield FinalText(out.text, stopped=out.stopped)
+
+    async def _stream(
+        self,
+        req: Request,
+        lease: Lease,
+        model: str,
+        price: ModelPrice,
+        prompt: Prompt,
+        max_reply: int,
+        out: _Outcome,
+    ) -> AsyncIterator[Event]:
+        """Stream the reply into `out`, trimming and retrying once on a context error."""
+        retried = False
+        while True:
+            try:
+                stream = self.s.openai.stream_chat(model, prompt.messages, max_reply, stop=req.stop)
+                async with contextlib.aclosing(stream) as items:
+                    async for item in items:
+                        if isinstance(item, Usage):
+                            out.usage = item
+                            continue
+                        if item.text:
+                            out.parts.append(item.text)
+                            yield TextDelta(item.text)
+                            await lease.renew()
+                if req.stop is not None and req.stop.is_set() and out.usage is None:
+                    out.stopped = True
+                return
+            except ContextLengthExceeded:
+                if retried or out.parts or prompt.history_used == 0:
+                    log.warning("upstream context length exceeded after trimming")
+                    out.error = "upstream_error"
+                    return
+                retried = True
+                prompt = fit(
+                    price,
+                    self.s.settings.system_prompt,
+                    prompt.messages[1:-1]
+                    if self.s.settings.system_prompt
+                    else prompt.messages[:-1],
+                    req.text,
+                    prompt.tokens,
+                    max_history=prompt.history_used // 2,
+                )
+                out.prompt = prompt
+            except StreamCut as exc:
+                out.cut = exc.received_text or "".join(out.parts)
+                return
+            except QuotaExceeded:
+                log.error("OpenAI quota exhausted (insufficient_quota): top up the API account")
+                out.error = "upstream_unavailable"
+                return
+            except RateLimited:
+                log.warning("OpenAI rate limit outlasted the retries")
+                out.error = "upstream_busy"
+                return
+            except UpstreamError as exc:
+                log.warning("OpenAI request failed: %s (%s)", exc.kind, exc.status or "-")
+                if out.parts:
+                    out.cut = "".join(out.parts)
+                else:
+                    out.error = "upstream_error"
+                return
+
+    async def _settle(
+        self,
+        req: Request,
+        hold_id: str,
+        held: int,
+        model: str,
+        price: ModelPrice,
+        prompt: Prompt,
+        out: _Outcome,
+    ) -> None:
+        """Capture by the rule that applies, or void; exactly once per request."""
+        if out.settled:
+            return
+        prompt = out.prompt or prompt
+        wallet = self.s.wallet
+        cached = 0
+        if out.usage is not None:
+            rule = "usage"
+            prompt_tokens = out.usage.prompt_tokens
+            completion = out.usage.completion_tokens
+            cached = min(out.usage.cached_tokens, prompt_tokens)
+            if prompt_tokens != prompt.tokens:
+                log.info(
+                    "upstream counted %d prompt tokens, we counted %d", prompt_tokens, prompt.tokens
+                )
+        elif out.cut is not None or out.parts:
+            text = out.text
+            if out.stopped and out.cut is None:
+                rule = "stopped"
+            else:  # cut, or ended without usage and without a stop: the same rule
+                rule = "cut"
+                out.cut = text
+            prompt_tokens = prompt.tokens
+            completion = count_text(price, text)
+        else:
+            with contextlib.suppress(HoldNotActive):
+                await wallet.void(hold_id, reason="no output")
+            out.settled = True
+            return
+        cost = price.chat_cost(prompt_tokens, completion, cached)
+        if cost > held:
+            log.error(
+                "usage cost %d exceeds the hold %d for %s (%d+%d tokens): capturing the hold",
+                cost,
+                held,
+                model,
+                prompt_tokens,
+                completion,
+            )
+        amount = min(cost, held)
+        meta: dict[str, Any] = {
+            "model": model,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "price_in": price_text(price.input),
+            "price_out": price_text(price.output),
+            "rule": rule,
+        }
+        if cached:
+            meta["cached_tokens"] = cached
+            meta["price_cached"] = price_text(price.cached_input or price.input)
+        try:
+            entry = await wallet.capture(hold_id, amount, reason=f"chat {model}", meta=meta)
+            out.charged = -entry.amount
+        except HoldNotActive as exc:
+            log.error("chat hold %s was %s before capture: nothing charged", hold_id, exc.status)
+        out.settled = True
+
+    def _insufficient(
+        self, req: Request, model: str, price: ModelPrice, prompt: Prompt, available: int
+    ) -> Notice:
+        needed = price.chat_cost(prompt.tokens, self.s.settings.min_reply_tokens)
+        return Notice(
+            t(
+                "insufficient",
+                req.lang,
+                model=model,
+                available=format_credits(max(available, 0)),
+                needed=format_credits(needed),
+            ),
+            kind="insufficient",
+        )

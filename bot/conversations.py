@@ -1,0 +1,127 @@
+"""Conversations: the history a reply is written from, persisted in the Store.
+
+A conversation belongs to one account in one chat. Before each request it is trimmed by
+tokens, oldest messages first, to the model's context window minus room for the reply, so a
+long chat keeps working on gpt-4's 8K window. Counting uses billing.tokens, the same rule the
+charge uses, so the prompt we hold for is the prompt we send.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from billing.pricing import ModelPrice
+from billing.tokens import count_messages
+from bot.store.base import Store
+
+MAX_STORED_MESSAGES = 40  # older turns could never fit a useful window anyway
+CONVERSATION_TTL_SECONDS = 30 * 86400
+
+Chat = list[dict[str, str]]
+
+
+class TooLong(Exception):
+    """The new message alone (with the system prompt and room for a reply) does not fit."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"{tokens} tokens > {limit}")
+        self.tokens = tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What is sent upstream: the messages, their exact token count, and history kept."""
+
+    messages: Chat
+    tokens: int
+    history_used: int
+
+
+def fit(
+    price: ModelPrice,
+    system: str,
+    history: Chat,
+    text: str,
+    limit: int,
+    *,
+    max_history: int | None = None,
+) -> Prompt:
+    """System + as much recent history as fits in `limit` tokens + the new user message.
+
+    The chat count is additive (3 priming + each message's own count), so each message is
+    counted once and the total is exact: it equals count_messages() of the result.
+    """
+    head: Chat = [{"role": "system", "content": system}] if system else []
+    tail: Chat = [{"role": "user", "content": text}]
+    tokens = count_messages(price, head + tail)
+    if tokens > limit:
+        raise TooLong(tokens, limit)
+    kept: Chat = []
+    candidates = history if max_history is None else history[len(history) - max_history :]
+    for message in reversed(candidates):
+        cost = count_messages(price, [message]) - 3
+        if tokens + cost > limit:
+            break
+        tokens += cost
+        kept.append(message)
+    kept.reverse()
+    return Prompt(head + kept + tail, tokens, len(kept))
+
+
+class Conversations:
+    """Histories and each account's chosen model, in the Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def _key(account: str, platform: str, chat_id: str) -> str:
+        return f"conv:{account}:{platform}:{chat_id}"
+
+    async def history(self, account: str, platform: str, chat_id: str) -> Chat:
+        raw = await self.store.get(self._key(account, platform, chat_id))
+        if not raw:
+            return []
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return []
+        return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+    async def append(
+        self,
+        account: str,
+        platform: str,
+        chat_id: str,
+        user_text: str,
+        reply: str,
+        *,
+        history: Chat | None = None,
+    ) -> None:
+        """Add one exchange (only when the reply was delivered, even partly).
+
+        `history` is the list read for this request, which saves a second read; a concurrent
+        write in between is impossible because the in-flight limit serializes a user.
+        """
+        if history is None:
+            history = await self.history(account, platform, chat_id)
+        history = [*history]
+        history.append({"role": "user", "content": user_text})
+        history.append({"role": "assistant", "content": reply})
+        history = history[-MAX_STORED_MESSAGES:]
+        await self.store.set(
+            self._key(account, platform, chat_id),
+            json.dumps(history, ensure_ascii=False),
+            ttl=CONVERSATION_TTL_SECONDS,
+        )
+
+    async def reset(self, account: str, platform: str, chat_id: str) -> None:
+        await self.store.delete(self._key(account, platform, chat_id))
+
+    async def model(self, account: str) -> str | None:
+        return await self.store.get(f"model:{account}")
+
+    async def set_model(self, account: str, model: str) -> None:
+        await self.store.set(f"model:{account}", model)

@@ -1,0 +1,301 @@
+"""The conversation core: one object every front end talks to.
+
+An adapter builds it with `await Core.create(settings)`, calls `start()`, hands it messages
+(`handle`) and button presses (`press`), renders the events they yield, and registers a sink
+per platform for events that arrive later on their own (an image finishing after a restart).
+Payments from a platform (Telegram Stars, WeChat Pay) come in through `credit_payment`.
+Nothing here knows a platform's wire format; nothing below it (billing) knows about chats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from billing.pricing import PriceList
+from billing.wallet import open_wallet
+from billing.wallet.base import Entry, InsufficientCredits, Wallet
+from bot.accounts import Accounts
+from bot.chat import ChatFlow
+from bot.commands import Commands, parse_command
+from bot.context import Request, Services
+from bot.conversations import Conversations
+from bot.events import Delivery, Event, Message, Notice
+from bot.i18n import language_of, t
+from bot.imagine import ImageFlow
+from bot.limits import InflightLimiter
+from bot.settings import Settings
+from bot.store import open_store
+from bot.store.base import Store
+from bot.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Delivery], Awaitable[None]]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite URL ("sqlite+aiosqlite:///data/x.db" -> data/x.db), else None."""
+    if not url.startswith("sqlite"):
+        return None
+    _, _, rest = url.partition(":///")
+    rest = rest.split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+class Core:
+    """Commands, chat and images, billed through the wallet."""
+
+    def __init__(self, services: Services, *, owned: list[Any]) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.wallet = services.wallet
+        self.prices = services.prices
+        self._owned = owned
+        self._sinks: dict[str, Sink] = {}
+        self.images = ImageFlow(services, self._deliver)
+        self.chat = ChatFlow(services)
+        self.commands = Commands(services, self.images)
+        self.sweeper = Sweeper(
+            services.wallet, services.settings.sweep_interval_seconds, [self.images.resume]
+        )
+        self._started = False
+
+    @classmethod
+    async def create(
+        cls,
+        settings: Settings,
+        *,
+        wallet: Wallet | None = None,
+        store: Store | None = None,
+        prices: PriceList | None = None,
+        openai: Any = None,
+        mj: Any = None,
+    ) -> Core:
+        """Open whatever is not passed in, from the settings (and close it again in close())."""
+        owned: list[Any] = []
+        path = sqlite_path(settings.wallet_url)
+        if path is not None and (wallet is None or store is None):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if wallet is None:
+            wallet = await open_wallet(settings.wallet_url)
+            owned.append(wallet)
+        if store is None:
+            store = await open_store(settings.wallet_url)
+            owned.append(store)
+        if prices is None:
+            prices = PriceList.load(settings.prices_file)
+        if openai is None:
+            from bot.providers.openai import OpenAIClient
+
+            openai = OpenAIClient(
+                settings.openai_base_url,
+                settings.openai_api_key,
+                connect_timeout=settings.openai_connect_timeout,
+                read_timeout=settings.openai_read_timeout,
+                max_retries=settings.openai_max_retries,
+            )
+            owned.append(openai)
+        if mj is None and settings.mj_base_url:
+            from bot.providers.midjourney import MidjourneyClient
+
+            mj = MidjourneyClient(
+                settings.mj_base_url, settings.mj_api_secret, dialect=settings.mj_dialect
+            )
+            owned.append(mj)
+        services = Services(
+            settings=settings,
+            wallet=wallet,
+            store=store,
+            prices=prices,
+            openai=openai,
+            mj=mj,
+            accounts=Accounts(store, wallet),
+            conversations=Conversations(store),
+            limiter=InflightLimiter(store, settings.max_inflight_per_user),
+        )
+        return cls(services, owned=owned)
+
+    @property
+    def kv(self) -> Store:
+        """The key-value store, for adapters' own non-money state."""
+        return self.services.store
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the sweeper and resume every unsettled Midjourney task."""
+        if self._started:
+            return
+        self._started = True
+        resumed = await self.images.resume()
+        if resumed:
+            log.info("resumed %d Midjourney task(s)", resumed)
+        self.sweeper.start()
+
+    async def close(self) -> None:
+        """Stop background work and close what create() opened (unsettled tasks stay open)."""
+        await self.sweeper.stop()
+        await self.images.close()
+        for thing in reversed(self._owned):
+            try:
+                await thing.close()
+            except Exception:
+                log.exception("closing %r failed", type(thing).__name__)
+        self._owned.clear()
+
+    # --- messages ----------------------------------------------------------------------------
+
+    async def handle(
+        self, msg: Message, *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[Event]:
+        """Answer one message. A redelivered message id yields nothing and charges nothing."""
+        if not await self.kv.add(
+            f"seen:{msg.platform}:{msg.message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
+        ):
+            log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
+            return
+        lang = language_of(msg.language, self.settings.default_language)
+        account = await self.services.accounts.resolve(msg.platform, msg.user_id)
+        req = Request(
+            platform=msg.platform,
+            user_id=msg.user_id,
+            chat_id=msg.chat_id,
+            message_id=msg.message_id,
+            text=msg.text.strip(),
+            lang=lang,
+            account=account,
+            stop=stop,
+        )
+        if not req.text:
+            yield Notice(t("empty_message", lang))
+            return
+        if parse_command(req.text) is not None:
+            flow = self.commands.dispatch(req)
+        else:
+            flow = self.chat.run(req)
+        async with _closing(flow) as events:
+            async for event in events:
+                yield event
+
+    async def press(
+        self,
+        platform: str,
+        user_id: str,
+        chat_id: str,
+        data: str,
+        *,
+        message_id: str,
+        language: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """A button press (an Action.data). `message_id` is the press's own unique id."""
+        if not await self.kv.add(
+            f"seen:{platform}:press:{message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
+        ):
+            return
+        req = Request(
+            platform=platform,
+            user_id=user_id,
+            chat_id=chat_id,
+            message_id=f"press:{message_id}",
+            text=data,
+            lang=language_of(language, self.settings.default_language),
+            account=await self.services.accounts.resolve(platform, user_id),
+        )
+        async with _closing(self.images.press(req, data)) as events:
+            async for event in events:
+                yield event
+
+    def set_sink(self, platform: str, sink: Sink) -> None:
+        """Where events for `platform` go when no handle() call is waiting for them."""
+        self._sinks[platform] = sink
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        sink = self._sinks.get(delivery.platform)
+        if sink is None:
+            log.warning("no sink for %s: an event for a user was dropped", delivery.platform)
+            return
+        await sink(delivery)
+
+    def mj_notify(self, task_id: str) -> bool:
+        """midjourney-proxy's notifyHook: re-fetch the task now (never settles by itself)."""
+        return self.images.poke(task_id)
+
+    # --- money from platforms ----------------------------------------------------------------
+
+    async def account_of(self, platform: str, user_id: str) -> str:
+        """The wallet account a platform user pays from (after /link)."""
+        return await self.services.accounts.resolve(platform, user_id)
+
+    async def credit_payment(
+        self,
+        platform: str,
+        user_id: str,
+        amount_milli: int,
+        *,
+        key: str,
+        reason: str,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Credit a confirmed payment; the same `key` again credits nothing more."""
+        account = await self.account_of(platform, user_id)
+        entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
+        await self.kv.set(f"pay:{key}", entry.id)
+        return entry
+
+    async def reverse_payment(self, key: str, *, reason: str) -> Entry:
+        """Take a refunded payment's credits back (as much as is still available).
+
+        Raises LookupError for an unknown payment key, InsufficientCredits when nothing is
+        left to take back. The same key again returns the first reversal.
+        """
+        entry_id = await self.kv.get(f"pay:{key}")
+        entry = await self.wallet.get_entry(entry_id) if entry_id else None
+        if entry is None:
+            raise LookupError(f"no payment credited with key {key!r}")
+        balance = await self.wallet.balance(entry.account)
+        amount = min(entry.amount, balance.available)
+        if amount <= 0:
+            raise InsufficientCredits(entry.account, entry.amount, balance.available)
+        return await self.wallet.debit(
+            entry.account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
+        )
+
+    async def grant_trial(self, platform: str, user_id: str, amount_milli: int) -> bool:
+        """Free credits once per platform user; True if granted by this call."""
+        if amount_milli <= 0:
+            return False
+        if not await self.kv.add(f"trial:{platform}:{user_id}", "1"):
+            return False
+        account = await self.account_of(platform, user_id)
+        await self.wallet.credit(
+            account, amount_milli, f"trial:{platform}:{user_id}", "trial credits"
+        )
+        return True
+
+    async def text(self, key: str, language: str | None, **kw: object) -> str:
+        """A user-facing text in the user's language (see bot/i18n.py)."""
+        return t(key, language_of(language, self.settings.default_language), **kw)
+
+    def is_admin(self, platform: str, user_id: str) -> bool:
+        return f"{platform}:{user_id}" in self.settings.admin_ids
+
+
+class _closing:
+    """`async with` that always closes an async generator (settling its holds)."""
+
+    def __init__(self, gen: AsyncIterator[Event]) -> None:
+        self.gen = gen
+
+    async def __aenter__(self) -> AsyncIterator[Event]:
+        return self.gen
+
+    async def __aexit__(self, *exc: object) -> None:
+        aclose = getattr(self.gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
