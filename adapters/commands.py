@@ -1,0 +1,59 @@
+"""`creditbot chat` and `creditbot run`, registered through the `creditbot.commands` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from bot.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    chat = subparsers.add_parser(
+        "chat",
+        help="talk to the bot in this terminal (simulated upstream without OPENAI_API_KEY)",
+        description="A console chat with the bot: the same commands and billing as on "
+        "Telegram and WeChat, on the local account console:local. Reads lines from stdin and "
+        "prints each reply when stdin is not a terminal.",
+    )
+    chat.set_defaults(func=chat_command)
+    run = subparsers.add_parser(
+        "run",
+        help="start every configured front end (the console chat when none is)",
+        description="Serve Telegram and/or WeChat (and the HTTP server on HTTP_PORT) when "
+        "configured; with nothing configured, start the console chat.",
+    )
+    run.set_defaults(func=run_command)
+
+
+def _setup_logging(settings: object, *, quiet: bool) -> None:
+    try:
+        from bot.logs import setup_logging
+    except ImportError:
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO)
+        return
+    level = getattr(settings, "log_level", "INFO")
+    if quiet and level.upper() not in ("DEBUG",):
+        level = "WARNING"  # the console's own output is the conversation
+    setup_logging(level, settings=settings)
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from adapters.console import run_console
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    return asyncio.run(run_console(settings))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from adapters.http import configured, serve
+
+    settings = get_settings()
+    if not configured(settings):
+        return chat_command(args)
+    _setup_logging(settings, quiet=False)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,166 @@
+"""`creditbot chat`: the bot in a terminal, with the same core, commands and billing.
+
+The user is the local account "console:local", granted DEMO_CREDITS once. Without an
+OPENAI_API_KEY the simulated upstream (bot/simulator.py) starts in-process on a free port and
+both clients point at it, and the console says so. Interactive: replies stream as they come and
+Ctrl-C stops a reply (billed up to the stop). Piped (stdin not a terminal): one line in, the
+whole reply out, so a session can be scripted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from typing import TextIO
+
+from billing.money import MILLI_PER_CREDIT, format_credits
+from bot.core import Core
+from bot.events import Delivery, Event, FinalText, ImageResult, Notice, Progress, TextDelta
+from bot.settings import Settings
+
+PLATFORM = "console"
+USER = "local"
+QUIT = ("/quit", "/exit")
+
+BANNER_SIMULATED = (
+    "Replies are SIMULATED: no OPENAI_API_KEY is set, so a built-in fake of OpenAI and "
+    "Midjourney answers.\nTo talk to the real services, set OPENAI_API_KEY (and MJ_BASE_URL, "
+    "MJ_API_SECRET for images) in .env or the environment."
+)
+
+
+class Console:
+    """Reads lines, hands them to the core as messages, prints what comes back."""
+
+    def __init__(self, core: Core, out: TextIO, *, interactive: bool) -> None:
+        self.core = core
+        self.out = out
+        self.interactive = interactive
+        self.session = uuid.uuid4().hex[:12]
+        self.count = 0
+        self.buttons: dict[str, str] = {}  # "U1" -> action data of the last image
+
+    def next_id(self) -> str:
+        self.count += 1
+        return f"{self.session}-{self.count}"
+
+    def write(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    async def sink(self, delivery: Delivery) -> None:
+        """Events that arrive on their own (an image resumed after a restart)."""
+        self.show(delivery.event, streamed=False)
+
+    async def say(self, line: str) -> None:
+        """One line typed by the user: a button label, or a message."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        handler_set = False
+        if self.interactive:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGINT, stop.set)
+                handler_set = True
+        try:
+            label = line.strip().upper()
+            if label in ("R", "REROLL", "🔄"):
+                label = "🔄"
+            if label in self.buttons:
+                events = self.core.press(
+                    PLATFORM, USER, USER, self.buttons[label], message_id=self.next_id()
+                )
+            else:
+                from bot.events import Message
+
+                msg = Message(PLATFORM, USER, USER, self.next_id(), line)
+                events = self.core.handle(msg, stop=stop)
+            streamed = False
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if self.interactive:
+                        self.write(event.text, end="")
+                        streamed = True
+                    continue
+                self.show(event, streamed=streamed)
+                streamed = False
+        finally:
+            if handler_set:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    def show(self, event: Event, *, streamed: bool) -> None:
+        if isinstance(event, FinalText):
+            if streamed:
+                self.write(" [stopped]" if event.stopped else "")
+            else:
+                self.write(event.text + (" [stopped]" if event.stopped else ""))
+        elif isinstance(event, Notice):
+            self.write(f"[{event.kind}] {event.text}")
+        elif isinstance(event, Progress):
+            if self.interactive:
+                self.write(f"… {event.text}")
+        elif isinstance(event, ImageResult):
+            self.write(f"[image] {event.url}\n{event.caption}")
+            if event.actions:
+                self.buttons = {a.label: a.data for a in event.actions}
+                labels = " ".join(a.label for a in event.actions)
+                self.write(f"Buttons: {labels} (type one, e.g. U1; R for reroll)")
+
+
+async def run_console(
+    settings: Settings,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """The console chat until EOF or /quit."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    interactive = stdin.isatty()
+    sim = None
+    if settings.simulated:
+        from bot.simulator import start_simulator
+
+        sim = await start_simulator(port=0)
+        settings = settings.model_copy(
+            update={
+                "openai_base_url": sim.openai_url,
+                "mj_base_url": sim.url,
+                "mj_api_secret": "",
+                "mj_poll_min_seconds": min(settings.mj_poll_min_seconds, 0.5),
+            }
+        )
+        print(BANNER_SIMULATED, file=stderr, flush=True)
+    core = await Core.create(settings)
+    try:
+        await core.start()
+        console = Console(core, stdout, interactive=interactive)
+        core.set_sink(PLATFORM, console.sink)
+        if await core.grant_trial(PLATFORM, USER, settings.demo_credits * MILLI_PER_CREDIT):
+            credits = format_credits(settings.demo_credits * MILLI_PER_CREDIT)
+            print(f"{credits} demo credits granted to the console account.", file=stderr)
+        if interactive:
+            print("Type a message, /help for commands, /quit to leave.", file=stderr, flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            if interactive:
+                stdout.write("> ")
+                stdout.flush()
+            line = await loop.run_in_executor(None, stdin.readline)
+            if not line:
+                break
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if line.strip().lower() in QUIT:
+                break
+            await console.say(line)
+        return 0
+    finally:
+        await core.close()
+        if sim is not None:
+            await sim.close()
