@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from bot.providers.errors import UpstreamError, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 __all__ = [
     "ACTIONS",
@@ -195,6 +198,11 @@ class MidjourneyClient:
         self._timeout = httpx.Timeout(timeout)
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=self._timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> MidjourneyClient:
+        """A client configured from MJ_* settings (MJ_BASE_URL must be set)."""
+        return cls(settings.mj_base_url, settings.mj_api_secret, dialect=settings.mj_dialect, **kw)
 
     def __repr__(self) -> str:
         return f"MidjourneyClient(base_url={self.base_url!r}, dialect={self.dialect!r})"

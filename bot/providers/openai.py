@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,6 +31,9 @@ from bot.providers.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 __all__ = [
     "ContextLengthExceeded",
@@ -108,6 +111,18 @@ class OpenAIClient:
         )
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=self._timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> OpenAIClient:
+        """A client configured from OPENAI_* settings."""
+        return cls(
+            settings.openai_base_url,
+            settings.openai_api_key,
+            connect_timeout=settings.openai_connect_timeout,
+            read_timeout=settings.openai_read_timeout,
+            max_retries=settings.openai_max_retries,
+            **kw,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(base_url={self.base_url!r})"
