@@ -46,6 +46,7 @@ from billing.wallet.base import (
 )
 
 ACCOUNTS_KEY = "creditbot:accounts"
+CAPTURE_KEY_PREFIX = "capture:"  # a capture's entry key: this + the hold's key
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCRIPTS = ("credit", "hold", "capture", "void", "sweep")
 _SWEEP_BATCH = 500  # holds one sweep script looks at, so no script blocks the server for long
@@ -223,6 +224,18 @@ class RedisWallet:
             _body(account, kind, signed, reason, ref, meta, key=key),
             "1" if signed < 0 else "0",
         )
+        if reply[0] == "ok":  # the script sends back only what Python does not know
+            return Entry(
+                id=f"{account}~{reply[1]}",
+                account=account,
+                kind=kind,
+                amount=signed,
+                key=key,
+                reason=reason,
+                created_at=_time(reply[2]),
+                ref=ref,
+                meta=dict(meta) if meta else {},
+            )
         if reply[0] == "short":
             raise InsufficientCredits(account, -signed, int(reply[1]))
         return _entry(reply[1])
@@ -272,7 +285,19 @@ class RedisWallet:
             _body(account, CAPTURE, -amount, reason, hold_id, meta),
         )
         status = reply[0]
-        if status in ("ok", "dup"):
+        if status == "ok":
+            return Entry(
+                id=f"{account}~{reply[1]}",
+                account=account,
+                kind=CAPTURE,
+                amount=-amount,
+                key=CAPTURE_KEY_PREFIX + reply[3],
+                reason=reason,
+                created_at=_time(reply[2]),
+                ref=hold_id,
+                meta=dict(meta) if meta else {},
+            )
+        if status == "dup":
             return _entry(reply[1])
         if status == "missing":
             raise HoldNotFound(f"no hold {hold_id}")

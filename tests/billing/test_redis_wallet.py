@@ -140,3 +140,16 @@ async def test_entries_before_a_time_page_back(wallet: RedisWallet) -> None:
     made = [await wallet.credit("tg:3", 1, f"k{i}", "grant") for i in range(12)]
     older = await wallet.entries("tg:3", limit=5, before=made[8].created_at)
     assert [e.id for e in older] == [e.id for e in reversed(made[3:8])]
+
+
+async def test_what_a_call_returns_is_what_the_ledger_keeps(wallet: RedisWallet) -> None:
+    """The first call builds its answer without reading back; a replay reads the ledger."""
+    meta = {"model": "gpt-4", "prompt_tokens": 12, "completion_tokens": 30, "rule": "full"}
+    credit = await wallet.credit("tg:8", 5_000, "pay-1", "Stars top-up", ref="x", meta=meta)
+    assert credit == await wallet.credit("tg:8", 5_000, "pay-1", "Stars top-up")
+    hold = await wallet.hold("tg:8", 2_000, "chat-1", 60)
+    spent = await wallet.capture(hold.id, 1_500, reason="gpt-4 reply", meta=meta)
+    assert spent == await wallet.capture(hold.id, 1_500) == await wallet.get_entry(spent.id)
+    assert spent.key == "capture:chat-1" and spent.ref == hold.id and spent.amount == -1_500
+    assert (await wallet.get_hold(hold.id)).entry_id == spent.id
+    assert await wallet.export_ledger("tg:8") == [credit, spent]
