@@ -1,0 +1,99 @@
+"""The WeChat Pay notification endpoint on the bot's aiohttp app.
+
+`install(core, settings, app)` adds `POST settings.wechatpay_notify_path` and returns a front
+end whose `start()` runs the sweeper that expires unpaid orders. The order logic and the
+signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
+SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
+
+The `WeChatPay` service is also put at `app[APP_KEY]` so the WeChat front end can create
+orders (QR code for Native pay, WeixinJSBridge parameters for JSAPI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from bot.payments import PayConfig, WeChatPay
+
+log = logging.getLogger(__name__)
+
+APP_KEY = web.AppKey("wechatpay", WeChatPay)
+MAX_BODY = 64 * 1024
+SWEEP_SECONDS = 60
+
+
+class WeChatPayFrontEnd:
+    """Holds the service; start/stop run the expiry sweeper."""
+
+    def __init__(self, pay: WeChatPay, sweep_seconds: float = SWEEP_SECONDS) -> None:
+        self.pay = pay
+        self.sweep_seconds = sweep_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep(), name="wechatpay-expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.pay.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                expired = await self.pay.expire_orders()
+                if expired:
+                    log.info("wechatpay orders expired", extra={"count": expired})
+            except Exception:
+                log.exception("wechatpay expiry sweep failed")
+            await asyncio.sleep(self.sweep_seconds)
+
+
+def notify_handler(pay: WeChatPay) -> Any:
+    """The aiohttp handler for payment notifications (v2 XML or v3 JSON)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return web.Response(status=413)
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            return web.Response(status=413)
+        try:
+            answer = await pay.handle(dict(request.headers), body)
+        except Exception:
+            # Crediting failed (storage down): answer FAIL so WeChat Pay retries later.
+            log.exception("wechatpay notification failed")
+            return web.Response(
+                status=500,
+                body=b'{"code":"FAIL","message":"internal error"}',
+                content_type="application/json",
+            )
+        if answer.status == 204:
+            return web.Response(status=204)
+        return web.Response(
+            status=answer.status, body=answer.body, content_type=answer.content_type
+        )
+
+    return handle
+
+
+def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd | None:
+    """Mount the notify endpoint when WeChat Pay is configured; None otherwise.
+
+    `core` is the Core (or anything with `.kv` and `.credit_payment`).
+    """
+    config = PayConfig.from_settings(settings)
+    if not config.configured:
+        return None
+    pay = WeChatPay(config, core.kv, core.credit_payment)
+    app[APP_KEY] = pay
+    app.router.add_post(settings.wechatpay_notify_path, notify_handler(pay))
+    return WeChatPayFrontEnd(pay)

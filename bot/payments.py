@@ -1,0 +1,617 @@
+"""WeChat Pay top-ups: orders, the pay API (v2 XML and v3 JSON), and payment notifications.
+
+1 CNY = 10,000 credits, so 1 fen = 100 credits = 100,000 millicredits.
+
+The order's "paid" state and the credit are one step: the wallet credit with the idempotency
+key `wxpay:<out_trade_no>` *is* the payment's record. WeChat Pay repeats a notification until it
+is acknowledged, so a crash after the credit and before the answer only leads to a replay, and a
+replay finds the same key and credits nothing more. The store's order record is the
+operator's view; its `wxpay:paid:<out_trade_no>` marker is written after the credit.
+
+A notification credits only if its signature verifies (v2: MD5 or HMAC-SHA256 with the API
+key; v3: RSA-SHA256 with the platform certificate, then AES-256-GCM with the APIv3 key), it
+says SUCCESS, its mchid and appid are ours, the order exists, and the amount in fen and the
+currency (CNY) match the order. Anything else credits nothing and is answered FAIL.
+
+Unpaid orders expire after `order_ttl` seconds: the order carries `time_expire`, so WeChat Pay
+itself refuses a late payment. A payment that WeChat Pay confirms for an order we have already
+marked expired was accepted before the deadline and is credited.
+
+No wechatpy here (the bot wing stays platform-free): signing is hashlib/hmac and cryptography.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from defusedxml.ElementTree import fromstring as parse_xml
+
+from bot.store.base import Store
+
+log = logging.getLogger(__name__)
+
+MILLI_PER_FEN = 100 * 1000  # 1 fen = 100 credits
+V3_MAX_SKEW_SECONDS = 300
+
+# Credit callback: Core.credit_payment(platform, user_id, amount_milli, *, key, reason, meta).
+CreditFn = Callable[..., Awaitable[Any]]
+
+
+class PaymentError(Exception):
+    """Creating an order failed (WeChat Pay refused or could not be reached)."""
+
+
+class NotifyRejected(Exception):
+    """A notification that must credit nothing; `reason` is safe to log (no secrets)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class PayConfig:
+    """What the merchant account needs; `from_settings` reads the operator's settings."""
+
+    mchid: str
+    appid: str
+    api_key: str = ""  # v2 signing key
+    api_v3_key: str = ""  # v3 AES-256-GCM key (32 bytes)
+    sign_type: str = "HMAC-SHA256"  # v2: "HMAC-SHA256" or "MD5"
+    notify_url: str = ""
+    api_base: str = "https://api.mch.weixin.qq.com"
+    platform_cert_pem: bytes | None = None  # v3: certificate or public key of the platform
+    private_key_pem: bytes | None = None  # v3: the merchant's API private key
+    cert_serial: str = ""  # v3: serial number of the merchant's API certificate
+    order_ttl: int = 1800
+
+    @property
+    def v3(self) -> bool:
+        """Orders go through API v3 when its keys are configured, else through v2."""
+        return bool(self.api_v3_key and self.private_key_pem and self.cert_serial)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.mchid and self.appid and (self.api_key or self.api_v3_key))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PayConfig:
+        def read(path: Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return cls(
+            mchid=settings.wechatpay_mchid,
+            appid=settings.wechat_appid,
+            api_key=settings.wechatpay_api_key,
+            api_v3_key=settings.wechatpay_api_v3_key,
+            sign_type=settings.wechatpay_sign_type,
+            notify_url=settings.wechatpay_notify_url,
+            api_base=settings.wechatpay_api_base,
+            platform_cert_pem=read(settings.wechatpay_platform_cert),
+            private_key_pem=read(getattr(settings, "wechatpay_private_key", None)),
+            cert_serial=getattr(settings, "wechatpay_cert_serial", ""),
+            order_ttl=settings.wechatpay_order_ttl_seconds,
+        )
+
+
+@dataclass(slots=True)
+class Order:
+    """One top-up order, as kept in the store."""
+
+    out_trade_no: str
+    platform: str
+    user_id: str
+    fen: int
+    trade_type: str  # "NATIVE" or "JSAPI"
+    created_at: str
+    expires_at: str
+    status: str = "unpaid"  # "unpaid", "paid", "expired"
+    code_url: str | None = None
+    prepay_id: str | None = None
+    openid: str | None = None
+    transaction_id: str | None = None
+    paid_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def amount_milli(self) -> int:
+        return self.fen * MILLI_PER_FEN
+
+    @property
+    def key(self) -> str:
+        """The wallet idempotency key of this order's credit."""
+        return f"wxpay:{self.out_trade_no}"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAnswer:
+    """What to send back to WeChat Pay."""
+
+    status: int
+    body: bytes
+    content_type: str
+    credited: bool = False
+
+
+# --- v2 signing and XML ------------------------------------------------------------------
+
+
+def sign_v2(params: Mapping[str, Any], key: str, sign_type: str = "MD5") -> str:
+    """WeChat Pay v2 signature: sorted non-empty k=v pairs, "&key=KEY", MD5 or HMAC-SHA256."""
+    text = "&".join(
+        f"{k}={params[k]}" for k in sorted(params) if k != "sign" and params[k] not in ("", None)
+    )
+    text += f"&key={key}"
+    if sign_type.upper() == "HMAC-SHA256":
+        return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest().upper()
+    if sign_type.upper() == "MD5":
+        return hashlib.md5(text.encode()).hexdigest().upper()
+    raise NotifyRejected(f"unknown sign_type {sign_type!r}")
+
+
+def to_xml(params: Mapping[str, Any]) -> bytes:
+    root = Element("xml")
+    for k, v in params.items():
+        SubElement(root, k).text = str(v)
+    return tostring(root, encoding="utf-8")
+
+
+def from_xml(body: bytes) -> dict[str, str]:
+    """Flat XML to a dict; defusedxml refuses entity tricks."""
+    try:
+        root = parse_xml(body)
+    except Exception as exc:
+        raise NotifyRejected("malformed XML") from exc
+    return {child.tag: (child.text or "") for child in root}
+
+
+def v2_answer(ok: bool, msg: str = "OK") -> bytes:
+    code = "SUCCESS" if ok else "FAIL"
+    return (
+        f"<xml><return_code><![CDATA[{code}]]></return_code>"
+        f"<return_msg><![CDATA[{msg}]]></return_msg></xml>"
+    ).encode()
+
+
+# --- v3 signing and decryption ----------------------------------------------------------
+
+
+def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
+    """The platform's key from its certificate, or from a bare public key (the newer mode)."""
+    if b"CERTIFICATE" in pem:
+        key = x509.load_pem_x509_certificate(pem).public_key()
+    else:
+        key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("the WeChat Pay platform key must be RSA")
+    return key
+
+
+def sign_v3(private_key_pem: bytes, message: str) -> str:
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    sig = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(sig).decode()
+
+
+def verify_v3(public_key: rsa.RSAPublicKey, message: str, signature_b64: str) -> bool:
+    try:
+        public_key.verify(
+            base64.b64decode(signature_b64), message.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def decrypt_v3(api_v3_key: str, resource: Mapping[str, Any]) -> dict[str, Any]:
+    """AEAD_AES_256_GCM resource of a v3 notification to its JSON."""
+    if resource.get("algorithm") != "AEAD_AES_256_GCM":
+        raise NotifyRejected("unknown resource algorithm")
+    try:
+        plain = AESGCM(api_v3_key.encode()).decrypt(
+            str(resource["nonce"]).encode(),
+            base64.b64decode(resource["ciphertext"]),
+            str(resource.get("associated_data") or "").encode() or None,
+        )
+        return json.loads(plain)
+    except (InvalidTag, KeyError, ValueError) as exc:
+        raise NotifyRejected("resource does not decrypt") from exc
+
+
+def encrypt_v3(api_v3_key: str, data: Mapping[str, Any], associated: str = "transaction") -> dict:
+    """The inverse of decrypt_v3 (for fake servers and tests)."""
+    nonce = secrets.token_hex(6)
+    ct = AESGCM(api_v3_key.encode()).encrypt(
+        nonce.encode(), json.dumps(data).encode(), associated.encode()
+    )
+    return {
+        "algorithm": "AEAD_AES_256_GCM",
+        "ciphertext": base64.b64encode(ct).decode(),
+        "associated_data": associated,
+        "nonce": nonce,
+        "original_type": "transaction",
+    }
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _cn_time(dt: datetime) -> datetime:
+    """WeChat Pay reads times in China Standard Time."""
+    from datetime import timezone
+
+    return dt.astimezone(timezone(timedelta(hours=8)))
+
+
+def qr_png(text: str) -> bytes:
+    """A PNG of the QR code the user scans to pay (pure Python: qrcode + pypng)."""
+    import qrcode
+    from qrcode.image.pure import PyPNGImage
+
+    img = qrcode.make(text, image_factory=PyPNGImage, box_size=8, border=2)
+    out = io.BytesIO()
+    img.save(out)
+    return out.getvalue()
+
+
+class WeChatPay:
+    """Orders and notifications for one merchant account.
+
+    `credit` is the core's `credit_payment(platform, user_id, amount_milli, *, key, reason,
+    meta)`, so the core resolves the user's account; `store` keeps the orders.
+    """
+
+    def __init__(
+        self,
+        config: PayConfig,
+        store: Store,
+        credit: CreditFn,
+        *,
+        http: httpx.AsyncClient | None = None,
+        on_paid: Callable[[Order], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.credit = credit
+        self.on_paid = on_paid
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._own_http = http is None
+        self._platform_key = (
+            load_public_key(config.platform_cert_pem) if config.platform_cert_pem else None
+        )
+
+    async def close(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    # -- orders --
+
+    async def get_order(self, out_trade_no: str) -> Order | None:
+        raw = await self.store.get(f"wxpay:order:{out_trade_no}")
+        if raw is None:
+            return None
+        order = Order(**json.loads(raw))
+        paid = await self.store.get(f"wxpay:paid:{out_trade_no}")
+        if paid:
+            info = json.loads(paid)
+            order.status = "paid"
+            order.transaction_id = info.get("transaction_id")
+            order.paid_at = info.get("paid_at")
+        return order
+
+    async def _save(self, order: Order) -> None:
+        await self.store.set(f"wxpay:order:{order.out_trade_no}", json.dumps(asdict(order)))
+
+    async def create_order(
+        self,
+        platform: str,
+        user_id: str,
+        fen: int,
+        *,
+        trade_type: str = "NATIVE",
+        openid: str | None = None,
+        description: str = "creditbot credits",
+        client_ip: str = "127.0.0.1",
+    ) -> Order:
+        """Ask WeChat Pay for a NATIVE (QR code) or JSAPI (in-WeChat) order of `fen` fen."""
+        if not isinstance(fen, int) or fen <= 0:
+            raise ValueError("the amount is a positive number of fen")
+        if trade_type not in ("NATIVE", "JSAPI"):
+            raise ValueError("trade_type is NATIVE or JSAPI")
+        if trade_type == "JSAPI" and not openid:
+            raise ValueError("JSAPI orders need the payer's openid")
+        now = _now()
+        expires = now + timedelta(seconds=self.config.order_ttl)
+        otn = now.strftime("cb%Y%m%d%H%M%S") + secrets.token_hex(6)
+        order = Order(
+            out_trade_no=otn,
+            platform=platform,
+            user_id=str(user_id),
+            fen=fen,
+            trade_type=trade_type,
+            created_at=now.isoformat(),
+            expires_at=expires.isoformat(),
+            openid=openid,
+        )
+        if self.config.v3:
+            await self._create_v3(order, description, expires)
+        else:
+            await self._create_v2(order, description, expires, client_ip)
+        await self._save(order)
+        await self.store.sadd("wxpay:open", otn)
+        log.info("wechatpay order created", extra={"order": otn, "fen": fen, "type": trade_type})
+        return order
+
+    async def _create_v2(
+        self, order: Order, description: str, expires: datetime, client_ip: str
+    ) -> None:
+        cfg = self.config
+        params: dict[str, Any] = {
+            "appid": cfg.appid,
+            "mch_id": cfg.mchid,
+            "nonce_str": secrets.token_hex(16),
+            "sign_type": cfg.sign_type,
+            "body": description,
+            "out_trade_no": order.out_trade_no,
+            "total_fee": order.fen,
+            "fee_type": "CNY",
+            "spbill_create_ip": client_ip,
+            "time_expire": _cn_time(expires).strftime("%Y%m%d%H%M%S"),
+            "notify_url": cfg.notify_url,
+            "trade_type": order.trade_type,
+        }
+        if order.trade_type == "NATIVE":
+            params["product_id"] = order.out_trade_no
+        else:
+            params["openid"] = order.openid
+        params["sign"] = sign_v2(params, cfg.api_key, cfg.sign_type)
+        try:
+            resp = await self._http.post(
+                f"{cfg.api_base}/pay/unifiedorder",
+                content=to_xml(params),
+                headers={"Content-Type": "text/xml"},
+            )
+        except httpx.HTTPError as exc:
+            raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}") from exc
+        try:
+            data = from_xml(resp.content)
+        except NotifyRejected as exc:
+            raise PaymentError("WeChat Pay answered something that is not XML") from exc
+        if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
+            reason = data.get("err_code_des") or data.get("return_msg") or "refused"
+            raise PaymentError(f"WeChat Pay refused the order: {reason}")
+        if data.get("sign") != sign_v2(data, cfg.api_key, data.get("sign_type", cfg.sign_type)):
+            raise PaymentError("WeChat Pay's answer is not signed with our key")
+        order.prepay_id = data.get("prepay_id")
+        order.code_url = data.get("code_url")
+
+    async def _create_v3(self, order: Order, description: str, expires: datetime) -> None:
+        cfg = self.config
+        path = "/v3/pay/transactions/" + ("native" if order.trade_type == "NATIVE" else "jsapi")
+        payload: dict[str, Any] = {
+            "appid": cfg.appid,
+            "mchid": cfg.mchid,
+            "description": description,
+            "out_trade_no": order.out_trade_no,
+            "time_expire": _cn_time(expires).isoformat(timespec="seconds"),
+            "notify_url": cfg.notify_url,
+            "amount": {"total": order.fen, "currency": "CNY"},
+        }
+        if order.trade_type == "JSAPI":
+            payload["payer"] = {"openid": order.openid}
+        body = json.dumps(payload, separators=(",", ":"))
+        ts, nonce = str(int(time.time())), secrets.token_hex(16)
+        assert cfg.private_key_pem is not None
+        signature = sign_v3(cfg.private_key_pem, f"POST\n{path}\n{ts}\n{nonce}\n{body}\n")
+        auth = (
+            f'WECHATPAY2-SHA256-RSA2048 mchid="{cfg.mchid}",nonce_str="{nonce}",'
+            f'signature="{signature}",timestamp="{ts}",serial_no="{cfg.cert_serial}"'
+        )
+        try:
+            resp = await self._http.post(
+                cfg.api_base + path,
+                content=body.encode(),
+                headers={
+                    "Authorization": auth,
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
+            )
+        except httpx.HTTPError as exc:
+            raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}") from exc
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        if resp.status_code >= 300:
+            raise PaymentError(
+                f"WeChat Pay refused the order: {data.get('message', resp.status_code)}"
+            )
+        order.prepay_id = data.get("prepay_id")
+        order.code_url = data.get("code_url")
+
+    def jsapi_params(self, order: Order) -> dict[str, str]:
+        """What the page passes to WeixinJSBridge.invoke('getBrandWCPayRequest', ...)."""
+        if not order.prepay_id:
+            raise ValueError("the order has no prepay_id")
+        cfg = self.config
+        params = {
+            "appId": cfg.appid,
+            "timeStamp": str(int(time.time())),
+            "nonceStr": secrets.token_hex(16),
+            "package": f"prepay_id={order.prepay_id}",
+        }
+        if cfg.v3:
+            assert cfg.private_key_pem is not None
+            message = "".join(
+                f"{params[k]}\n" for k in ("appId", "timeStamp", "nonceStr", "package")
+            )
+            params["signType"] = "RSA"
+            params["paySign"] = sign_v3(cfg.private_key_pem, message)
+        else:
+            params["signType"] = cfg.sign_type
+            params["paySign"] = sign_v2(params, cfg.api_key, cfg.sign_type)
+        return params
+
+    async def expire_orders(self, now: datetime | None = None) -> int:
+        """Mark unpaid orders past their time as expired; returns how many."""
+        now = now or _now()
+        count = 0
+        for otn in await self.store.smembers("wxpay:open"):
+            order = await self.get_order(otn)
+            if order is None or order.status == "paid":
+                await self.store.srem("wxpay:open", otn)
+                continue
+            if datetime.fromisoformat(order.expires_at) <= now:
+                order.status = "expired"
+                await self._save(order)
+                await self.store.srem("wxpay:open", otn)
+                count += 1
+        return count
+
+    # -- notifications --
+
+    async def handle_v2(self, body: bytes) -> NotifyAnswer:
+        """A v2 (XML) payment notification: verify, check, credit once; the XML answer."""
+        try:
+            data = from_xml(body)
+            if not self.config.api_key:
+                raise NotifyRejected("v2 is not configured")
+            sign_type = data.get("sign_type") or self.config.sign_type
+            expected = sign_v2(data, self.config.api_key, sign_type)
+            if not hmac.compare_digest(expected, data.get("sign", "")):
+                raise NotifyRejected("bad signature")
+            if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
+                # A failed payment: nothing to credit, but nothing wrong with the message.
+                return NotifyAnswer(200, v2_answer(True), "text/xml")
+            credited = await self._settle(
+                out_trade_no=data.get("out_trade_no", ""),
+                fen=data.get("total_fee", ""),
+                currency=data.get("fee_type") or "CNY",
+                mchid=data.get("mch_id", ""),
+                appid=data.get("appid", ""),
+                transaction_id=data.get("transaction_id", ""),
+            )
+        except NotifyRejected as exc:
+            log.warning("wechatpay notification rejected", extra={"reason": exc.reason})
+            return NotifyAnswer(400, v2_answer(False, exc.reason), "text/xml")
+        return NotifyAnswer(200, v2_answer(True), "text/xml", credited)
+
+    async def handle_v3(self, headers: Mapping[str, str], body: bytes) -> NotifyAnswer:
+        """A v3 (JSON) payment notification: verify, decrypt, check, credit once."""
+        try:
+            if self._platform_key is None or not self.config.api_v3_key:
+                raise NotifyRejected("v3 is not configured")
+            h = {k.lower(): v for k, v in headers.items()}
+            ts = h.get("wechatpay-timestamp", "")
+            nonce = h.get("wechatpay-nonce", "")
+            signature = h.get("wechatpay-signature", "")
+            if not ts.isdigit() or abs(time.time() - int(ts)) > V3_MAX_SKEW_SECONDS:
+                raise NotifyRejected("timestamp missing or too far off")
+            message = f"{ts}\n{nonce}\n{body.decode('utf-8', 'replace')}\n"
+            if not verify_v3(self._platform_key, message, signature):
+                raise NotifyRejected("bad signature")
+            try:
+                envelope = json.loads(body)
+            except ValueError as exc:
+                raise NotifyRejected("malformed JSON") from exc
+            if envelope.get("event_type") != "TRANSACTION.SUCCESS":
+                return NotifyAnswer(204, b"", "application/json")
+            tx = decrypt_v3(self.config.api_v3_key, envelope.get("resource") or {})
+            if tx.get("trade_state") != "SUCCESS":
+                return NotifyAnswer(204, b"", "application/json")
+            amount = tx.get("amount") or {}
+            credited = await self._settle(
+                out_trade_no=str(tx.get("out_trade_no", "")),
+                fen=amount.get("total", ""),
+                currency=amount.get("currency", ""),
+                mchid=str(tx.get("mchid", "")),
+                appid=str(tx.get("appid", "")),
+                transaction_id=str(tx.get("transaction_id", "")),
+            )
+        except NotifyRejected as exc:
+            log.warning("wechatpay notification rejected", extra={"reason": exc.reason})
+            answer = json.dumps({"code": "FAIL", "message": exc.reason}).encode()
+            return NotifyAnswer(400, answer, "application/json")
+        return NotifyAnswer(204, b"", "application/json", credited)
+
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> NotifyAnswer:
+        """Either version: v3 notifications carry Wechatpay-Signature and a JSON body."""
+        lowered = {k.lower() for k in headers}
+        if "wechatpay-signature" in lowered or body.lstrip().startswith(b"{"):
+            return await self.handle_v3(headers, body)
+        return await self.handle_v2(body)
+
+    async def _settle(
+        self,
+        *,
+        out_trade_no: str,
+        fen: Any,
+        currency: str,
+        mchid: str,
+        appid: str,
+        transaction_id: str,
+    ) -> bool:
+        """Check a verified payment against our order and credit it (once). True if credited."""
+        if mchid != self.config.mchid:
+            raise NotifyRejected("mchid mismatch")
+        if appid != self.config.appid:
+            raise NotifyRejected("appid mismatch")
+        if currency != "CNY":
+            raise NotifyRejected("currency is not CNY")
+        order = await self.get_order(out_trade_no)
+        if order is None:
+            raise NotifyRejected("unknown order")
+        try:
+            paid_fen = int(fen)
+        except (TypeError, ValueError) as exc:
+            raise NotifyRejected("amount is not a number") from exc
+        if paid_fen != order.fen:
+            raise NotifyRejected("amount mismatch")
+        if order.status == "paid":
+            return False  # a replay: already credited and recorded
+        await self.credit(
+            order.platform,
+            order.user_id,
+            order.amount_milli,
+            key=order.key,
+            reason="WeChat Pay top-up",
+            meta={"out_trade_no": out_trade_no, "transaction_id": transaction_id, "fen": order.fen},
+        )
+        marker = json.dumps({"transaction_id": transaction_id, "paid_at": _now().isoformat()})
+        first = await self.store.add(f"wxpay:paid:{out_trade_no}", marker)
+        await self.store.srem("wxpay:open", out_trade_no)
+        if first:
+            log.info("wechatpay order paid", extra={"order": out_trade_no, "fen": order.fen})
+            order.status = "paid"
+            order.transaction_id = transaction_id
+            if self.on_paid is not None:
+                try:
+                    await self.on_paid(order)
+                except Exception:
+                    log.exception("wechatpay on_paid hook failed")
+        return first

@@ -1,0 +1,304 @@
+"""WeChat Pay top-ups: orders at a stand-in WeChat Pay, notifications over real HTTP.
+
+A notification credits only when it is genuine and matches its order, and only once however
+often it is replayed. Amounts: 1 fen = 100 credits = 100,000 millicredits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import png
+import pytest
+from aiohttp import web
+
+from adapters import wechatpay as adapter
+from billing.wallet.base import Entry
+from bot.payments import WeChatPay, qr_png, sign_v2
+from bot.settings import Settings
+from tests.business import fake_wechatpay as fake
+from tests.business.conftest import Bank
+
+MILLI_PER_FEN = 100_000
+
+
+@asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """Run an aiohttp app on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+class CoreStandIn:
+    """What the endpoint needs of the Core: its store and `credit_payment`."""
+
+    def __init__(self, bank: Bank) -> None:
+        self.kv = bank.store
+        self.wallet = bank.wallet
+
+    async def credit_payment(
+        self, platform: str, user_id: str, amount_milli: int, *, key: str, reason: str, meta=None
+    ) -> Entry:
+        return await self.wallet.credit(
+            f"{platform}:{user_id}", amount_milli, key, reason, meta=meta
+        )
+
+
+@dataclass
+class Shop:
+    """The bot's HTTP app with the notify endpoint, the fake WeChat Pay, and an HTTP client."""
+
+    bank: Bank
+    pay: WeChatPay
+    fake: fake.FakeWeChatPay
+    notify_url: str
+    http: httpx.AsyncClient
+
+    async def notify(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        headers = headers or {"Content-Type": "text/xml"}
+        return await self.http.post(self.notify_url, content=body, headers=headers)
+
+    async def balance(self, user: str = "42") -> int:
+        return (await self.bank.wallet.balance(f"wechat:{user}")).total
+
+
+def settings_for(
+    api_base: str, tmp: Path, keys: fake.Keys, *, v3: bool, sign_type: str
+) -> Settings:
+    extra: dict[str, Any] = {}
+    if v3:
+        (tmp / "platform.pem").write_bytes(keys.platform_cert)
+        (tmp / "merchant.pem").write_bytes(fake.pem_private(keys.merchant))
+        extra = {
+            "wechatpay_api_v3_key": fake.API_V3_KEY,
+            "wechatpay_platform_cert": tmp / "platform.pem",
+            "wechatpay_private_key": tmp / "merchant.pem",
+            "wechatpay_cert_serial": keys.serial,
+        }
+    return Settings(
+        _env_file=None,
+        wechat_appid=fake.APPID,
+        wechatpay_mchid=fake.MCHID,
+        wechatpay_api_key=fake.API_KEY,
+        wechatpay_sign_type=sign_type,
+        wechatpay_notify_url="https://bot.example.com/wechatpay/notify",
+        wechatpay_api_base=api_base,
+        **extra,
+    )
+
+
+@asynccontextmanager
+async def open_shop(
+    bank: Bank, tmp: Path, *, v3: bool = False, sign_type: str = "HMAC-SHA256"
+) -> AsyncIterator[Shop]:
+    keys = fake.Keys()
+    wxpay = fake.FakeWeChatPay(keys)
+    async with served(wxpay.app) as api_base:
+        settings = settings_for(api_base, tmp, keys, v3=v3, sign_type=sign_type)
+        app = web.Application()
+        front = adapter.install(CoreStandIn(bank), settings, app)
+        assert front is not None
+        pay = app[adapter.APP_KEY]
+        async with served(app) as base, httpx.AsyncClient() as http:
+            await front.start()
+            try:
+                yield Shop(bank, pay, wxpay, base + settings.wechatpay_notify_path, http)
+            finally:
+                await front.stop()
+
+
+@pytest.fixture(scope="module")
+def keys() -> fake.Keys:
+    return fake.Keys()
+
+
+# --- v2 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sign_type", ["HMAC-SHA256", "MD5"])
+async def test_native_order_paid_by_v2_notification_credits_once(
+    sqlite_bank: Bank, tmp_path: Path, sign_type: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, sign_type=sign_type) as shop:
+        order = await shop.pay.create_order("wechat", "42", 990)  # 9.90 CNY
+        assert order.code_url and order.code_url.startswith("weixin://")
+        [sent] = shop.fake.orders
+        assert (sent["total_fee"], sent["trade_type"]) == ("990", "NATIVE")
+        assert sent["sign_type"] == sign_type
+
+        # The QR code the user scans is a real PNG image.
+        width, height, _, _ = png.Reader(bytes=qr_png(order.code_url)).read()
+        assert width == height and width > 50
+
+        note = fake.notify_v2(order.out_trade_no, 990, sign_type=sign_type)
+        first = await shop.notify(note)
+        assert first.status_code == 200 and b"SUCCESS" in first.content
+        assert await shop.balance() == 990 * MILLI_PER_FEN  # 99,000 credits
+        again = await shop.notify(note)  # WeChat Pay repeats until it hears SUCCESS
+        assert again.status_code == 200 and b"SUCCESS" in again.content
+        assert await shop.balance() == 990 * MILLI_PER_FEN
+        [entry] = await sqlite_bank.wallet.entries("wechat:42")
+        assert entry.key == f"wxpay:{order.out_trade_no}"
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+
+
+async def test_replays_racing_each_other_credit_once(bank: Bank, tmp_path: Path) -> None:
+    async with open_shop(bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        note = fake.notify_v2(order.out_trade_no, 100)
+        answers = await asyncio.gather(*(shop.notify(note) for _ in range(6)))
+        assert all(a.status_code == 200 and b"SUCCESS" in a.content for a in answers)
+        assert await shop.balance() == 100 * MILLI_PER_FEN
+        assert len(await bank.wallet.entries("wechat:42")) == 1
+
+
+async def test_forged_and_mismatched_v2_notifications_credit_nothing(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 500)
+        otn = order.out_trade_no
+        forged = [
+            fake.notify_v2(otn, 500, key="x" * 32),  # not signed with our key
+            fake.notify_v2(otn, 50_000),  # more credits than paid for
+            fake.notify_v2(otn, 1),  # paid one fen for a 5 CNY order
+            fake.notify_v2("cb20260101000000deadbeef0000", 500),  # no such order
+            fake.notify_v2(otn, 500, mch_id="1900000999"),  # another merchant
+            fake.notify_v2(otn, 500, appid="wx0000000000000000"),  # another app
+            fake.notify_v2(otn, 500, fee_type="USD"),
+            b"<xml><out_trade_no>" + otn.encode() + b"</out_trade_no></xml>",  # unsigned
+            b"not xml at all",
+            b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><xml>&a;</xml>',
+        ]
+        # A genuine signature over a tampered amount: the signature no longer verifies.
+        tampered = fake.notify_v2(otn, 500).replace(b">500<", b">50000<")
+        for body in [*forged, tampered]:
+            answer = await shop.notify(body)
+            assert answer.status_code >= 400 and b"FAIL" in answer.content, body
+        assert await shop.balance() == 0
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+
+
+async def test_jsapi_order_gives_weixinjsbridge_parameters(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        with pytest.raises(ValueError):
+            await shop.pay.create_order("wechat", "42", 100, trade_type="JSAPI")
+        order = await shop.pay.create_order("wechat", "42", 100, trade_type="JSAPI", openid="o1")
+        params = shop.pay.jsapi_params(order)
+        assert params["package"] == f"prepay_id={order.prepay_id}"
+        assert params["appId"] == fake.APPID
+        unsigned = {k: v for k, v in params.items() if k != "paySign"}
+        assert params["paySign"] == sign_v2(unsigned, fake.API_KEY, params["signType"])
+        assert shop.fake.orders[-1]["openid"] == "o1"
+
+
+async def test_unpaid_orders_expire(sqlite_bank: Bank, tmp_path: Path) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        old = await shop.pay.create_order("wechat", "42", 100)
+        paid = await shop.pay.create_order("wechat", "42", 200)
+        await shop.notify(fake.notify_v2(paid.out_trade_no, 200))
+        later = datetime.now(UTC) + timedelta(seconds=shop.pay.config.order_ttl + 1)
+        assert await shop.pay.expire_orders(now=later) == 1
+        assert (await shop.pay.get_order(old.out_trade_no)).status == "expired"
+        assert (await shop.pay.get_order(paid.out_trade_no)).status == "paid"
+        # The order told WeChat Pay its deadline, so WeChat Pay refuses late payments itself.
+        assert all(len(o["time_expire"]) == 14 for o in shop.fake.orders)
+        # A payment WeChat Pay accepted before the deadline still counts when it arrives late.
+        answer = await shop.notify(fake.notify_v2(old.out_trade_no, 100))
+        assert answer.status_code == 200
+        assert await shop.balance() == 300 * MILLI_PER_FEN
+
+
+# --- v3 ------------------------------------------------------------------------------------
+
+
+async def test_v3_order_and_notification_with_the_platform_certificate(
+    bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(bank, tmp_path, v3=True) as shop:
+        keys = shop.fake.keys
+        order = await shop.pay.create_order("wechat", "42", 1000)
+        assert order.code_url  # the stand-in verified our RSA signature to answer this
+        sent = shop.fake.orders[-1]
+        assert sent["amount"] == {"total": 1000, "currency": "CNY"}
+        assert sent["mchid"] == fake.MCHID and sent["appid"] == fake.APPID
+
+        headers, body = fake.notify_v3(keys, order.out_trade_no, 1000)
+        answer = await shop.notify(body, headers)
+        assert answer.status_code in (200, 204)
+        assert await shop.balance() == 1000 * MILLI_PER_FEN
+        replay = await shop.notify(body, headers)
+        assert replay.status_code in (200, 204)
+        assert await shop.balance() == 1000 * MILLI_PER_FEN
+        assert len(await bank.wallet.entries("wechat:42")) == 1
+
+
+async def test_forged_and_mismatched_v3_notifications_credit_nothing(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=True) as shop:
+        keys = shop.fake.keys
+        order = await shop.pay.create_order("wechat", "42", 1000)
+        otn = order.out_trade_no
+        stranger = fake.rsa_key()
+        cases = [
+            fake.notify_v3(keys, otn, 1000, signer=stranger),  # not the platform's key
+            fake.notify_v3(keys, otn, 999),
+            fake.notify_v3(keys, "cb20260101000000deadbeef0000", 1000),
+            fake.notify_v3(keys, otn, 1000, mchid="1900000999"),
+            fake.notify_v3(keys, otn, 1000, appid="wx0000000000000000"),
+            fake.notify_v3(keys, otn, 1000, currency="USD"),
+            fake.notify_v3(keys, otn, 1000, api_v3_key="w" * 32),  # does not decrypt
+            fake.notify_v3(keys, otn, 1000, timestamp=1_600_000_000),  # an old capture
+        ]
+        headers, body = fake.notify_v3(keys, otn, 1000)
+        cases.append((headers, body.replace(b'"TRANSACTION.SUCCESS"', b'"TRANSACTION.SUCCESS" ')))
+        for h, b in cases:
+            answer = await shop.notify(b, h)
+            assert answer.status_code >= 400, answer.text
+            assert answer.json()["code"] == "FAIL"
+        assert await shop.balance() == 0
+
+
+async def test_v3_jsapi_parameters_are_signed_with_the_merchant_key(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=True) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100, trade_type="JSAPI", openid="o1")
+        params = shop.pay.jsapi_params(order)
+        assert params["signType"] == "RSA"
+        message = "".join(params[k] + "\n" for k in ("appId", "timeStamp", "nonceStr", "package"))
+        from bot.payments import verify_v3
+
+        merchant_public = shop.fake.keys.merchant.public_key()
+        assert verify_v3(merchant_public, message, params["paySign"])
+        assert shop.fake.orders[-1]["payer"] == {"openid": "o1"}
+
+
+def test_not_configured_mounts_nothing() -> None:
+    app = web.Application()
+    assert adapter.install(object(), Settings(_env_file=None), app) is None
+    assert not list(app.router.routes())
+
+
+def test_qr_png_is_a_png() -> None:
+    data = qr_png("weixin://wxpay/bizpayurl?pr=abc")
+    assert data.startswith(b"\x89PNG")
+    assert png.Reader(file=io.BytesIO(data)).read()[0] > 0
