@@ -1,0 +1,256 @@
+"""Prometheus metrics in a registry of our own (no default process collectors mixed in).
+
+What an operator watches: requests handled, tokens and credits charged per model, top-ups by
+source, upstream latency, errors by kind, and holds still open. The numbers are gathered where
+they happen without touching the code that does the work:
+
+- `instrument_wallet(wallet)` wraps a wallet: captures count tokens and credits charged (from
+  the capture's meta), credits whose key starts with "code:", "wxpay:" or "stars:" count as
+  top-ups; everything else passes through untouched.
+- `instrument_openai(client)` / `instrument_mj(client)` wrap the upstream clients: latency to
+  the first answer and errors by kind.
+- `count_request(platform, kind)` and `count_error(kind)` for the core to call.
+- `middleware` counts HTTP requests of the aiohttp app; `install(app, wallet=...)` mounts
+  `GET /metrics` (the open-holds gauge is read from the wallet at scrape time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+TOPUP_PREFIXES = ("code", "wxpay", "stars")
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Every metric of the bot, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "creditbot_requests",
+            "Messages and button presses handled",
+            ["platform", "kind"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "creditbot_http_requests", "HTTP requests served", ["path", "status"], registry=r
+        )
+        self.tokens = Counter(
+            "creditbot_tokens", "Tokens charged", ["model", "direction"], registry=r
+        )
+        self.credits_charged = Counter(
+            "creditbot_credits_charged", "Credits charged (captured)", ["model"], registry=r
+        )
+        self.topups = Counter("creditbot_topups", "Top-ups received", ["source"], registry=r)
+        self.topup_credits = Counter(
+            "creditbot_topup_credits", "Credits added by top-ups", ["source"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "creditbot_upstream_latency_seconds",
+            "Time from request to first answer of an upstream",
+            ["upstream", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("creditbot_errors", "Errors by kind", ["kind"], registry=r)
+        self.open_holds = Gauge(
+            "creditbot_open_holds", "Holds not yet captured or voided", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = Metrics()
+
+
+def count_request(platform: str, kind: str = "message", metrics: Metrics = METRICS) -> None:
+    """The core calls this for every message ("message", "command", "press")."""
+    metrics.requests.labels(platform, kind).inc()
+
+
+def count_error(kind: str, metrics: Metrics = METRICS) -> None:
+    """Any error an operator should see counted (upstream kinds, "payment", "storage")."""
+    metrics.errors.labels(kind).inc()
+
+
+# --- the wallet ----------------------------------------------------------------------------
+
+
+class InstrumentedWallet:
+    """A wallet that counts what it charges and what is topped up, and changes nothing else."""
+
+    def __init__(self, wallet: Any, metrics: Metrics) -> None:
+        self._wallet = wallet
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wallet, name)
+
+    async def credit(self, account: str, amount: int, key: str, reason: str, **kw: Any) -> Any:
+        entry = await self._wallet.credit(account, amount, key, reason, **kw)
+        source = key.split(":", 1)[0]
+        if source in TOPUP_PREFIXES:
+            self._metrics.topups.labels(source).inc()
+            self._metrics.topup_credits.labels(source).inc(amount / 1000)
+        return entry
+
+    async def capture(self, hold_id: str, amount: int, **kw: Any) -> Any:
+        entry = await self._wallet.capture(hold_id, amount, **kw)
+        meta = kw.get("meta") or {}
+        model = str(meta.get("model") or "unknown")
+        self._metrics.credits_charged.labels(model).inc(amount / 1000)
+        for field, direction in (("prompt_tokens", "input"), ("completion_tokens", "output")):
+            if meta.get(field):
+                self._metrics.tokens.labels(model, direction).inc(int(meta[field]))
+        return entry
+
+
+def instrument_wallet(wallet: Any, metrics: Metrics = METRICS) -> Any:
+    """Wrap a wallet so top-ups and charges are counted (Core.create(wallet=...))."""
+    return InstrumentedWallet(wallet, metrics)
+
+
+# --- upstreams --------------------------------------------------------------------------------
+
+
+class InstrumentedOpenAI:
+    """Times the first streamed item and counts upstream errors by their `kind`."""
+
+    def __init__(self, client: Any, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def stream_chat(self, model: str, *args: Any, **kw: Any) -> AsyncIterator[Any]:
+        started = time.monotonic()
+        first = True
+        try:
+            async for item in self._client.stream_chat(model, *args, **kw):
+                if first:
+                    self._metrics.upstream_latency.labels("openai", model).observe(
+                        time.monotonic() - started
+                    )
+                    first = False
+                yield item
+        except Exception as exc:
+            self._metrics.errors.labels(getattr(exc, "kind", type(exc).__name__)).inc()
+            raise
+
+
+def instrument_openai(client: Any, metrics: Metrics = METRICS) -> Any:
+    """Wrap an OpenAIClient (Core.create(openai=...))."""
+    return InstrumentedOpenAI(client, metrics)
+
+
+class InstrumentedMidjourney:
+    """Times submissions to midjourney-proxy and counts their errors."""
+
+    def __init__(self, client: Any, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not name.startswith("submit_") or not callable(attr):
+            return attr
+        return self._timed(attr)
+
+    def _timed(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kw: Any) -> Any:
+            started = time.monotonic()
+            try:
+                result = await func(*args, **kw)
+            except Exception as exc:
+                self._metrics.errors.labels(getattr(exc, "kind", type(exc).__name__)).inc()
+                raise
+            self._metrics.upstream_latency.labels("midjourney", "midjourney").observe(
+                time.monotonic() - started
+            )
+            return result
+
+        return call
+
+
+def instrument_mj(client: Any, metrics: Metrics = METRICS) -> Any:
+    """Wrap a MidjourneyClient (Core.create(mj=...))."""
+    return InstrumentedMidjourney(client, metrics)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def middleware_for(metrics: Metrics = METRICS) -> Any:
+    """An aiohttp middleware counting requests by route (not raw path: no unbounded labels)."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        info = request.match_info.route.resource
+        path = info.canonical if info is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.http_requests.labels(path, str(exc.status)).inc()
+            raise
+        except Exception:
+            metrics.http_requests.labels(path, "500").inc()
+            raise
+        metrics.http_requests.labels(path, str(response.status)).inc()
+        return response
+
+    return count
+
+
+middleware = middleware_for(METRICS)
+
+
+def metrics_handler(
+    metrics: Metrics = METRICS, wallet: Any = None
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /metrics; refreshes the open-holds gauge from the wallet first."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if wallet is not None:
+            try:
+                holds = await asyncio.wait_for(wallet.open_holds(), timeout=5)
+                metrics.open_holds.set(len(holds))
+            except Exception:
+                log.warning("metrics: could not count open holds", exc_info=True)
+        body = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle
+
+
+def install(
+    app: web.Application,
+    *,
+    wallet: Any = None,
+    metrics: Metrics = METRICS,
+    path: str = "/metrics",
+    count_http: bool = True,
+) -> None:
+    """Mount GET /metrics (call before the app starts) and count HTTP requests."""
+    app.router.add_get(path, metrics_handler(metrics, wallet))
+    if count_http:
+        app.middlewares.append(middleware_for(metrics))
