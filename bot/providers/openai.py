@@ -239,28 +239,30 @@ class OpenAIClient:
     ) -> AsyncIterator[Delta | Usage]:
         usage: Usage | None = None
         done = False
-        async for data in sse.until_set(sse.iter_data(resp.aiter_lines()), stop):
-            if data.strip() == "[DONE]":
-                done = True
-                break
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                self._fail_mid_stream(received, "malformed chunk")
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                error = chunk["error"]
-                message = error.get("message", "") if isinstance(error, dict) else str(error)
-                self._fail_mid_stream(received, f"error in stream: {message}")
-            for choice in chunk.get("choices") or ():
-                delta = (choice or {}).get("delta") or {}
-                text = delta.get("content")
-                if text:
-                    received.append(text)
-                    yield Delta(text)
-            if chunk.get("usage"):
-                usage = _parse_usage(chunk["usage"])
+        events = sse.until_set(sse.iter_data(resp.aiter_lines()), stop)
+        async with contextlib.aclosing(events):
+            async for data in events:
+                if data.strip() == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    self._fail_mid_stream(received, "malformed chunk")
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    error = chunk["error"]
+                    message = error.get("message", "") if isinstance(error, dict) else str(error)
+                    self._fail_mid_stream(received, f"error in stream: {message}")
+                for choice in chunk.get("choices") or ():
+                    delta = (choice or {}).get("delta") or {}
+                    text = delta.get("content")
+                    if text:
+                        received.append(text)
+                        yield Delta(text)
+                if chunk.get("usage"):
+                    usage = _parse_usage(chunk["usage"])
         if stop is not None and stop.is_set():
             return
         if usage is not None:

@@ -64,3 +64,7 @@ async def until_set(items: AsyncIterator[T], stop: asyncio.Event | None) -> Asyn
         stopper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopper
+        closer = getattr(items, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()

@@ -11,6 +11,6 @@ from bot.simulator import Simulator, start_simulator
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(mj_duration=0.3)
+    simulator = await start_simulator(mj_duration=0.15)
     yield simulator
     await simulator.close()
