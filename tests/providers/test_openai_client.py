@@ -240,3 +240,35 @@ async def test_stop_during_retry_wait_returns_quietly():
 
 def test_the_key_never_shows_in_repr():
     assert KEY not in repr(OpenAIClient("http://x/v1", KEY))
+
+
+async def test_a_long_retry_after_is_capped():
+    limited = Error(429, "rate_limit_exceeded", headers={"Retry-After": "3600"})
+    async with fake_openai(limited, Stream(["ok"])) as fake:
+        async with client(fake.base_url, max_retry_wait=0.05) as c:
+            items = await asyncio.wait_for(collect(c), 5)
+    assert text_of(items) == "ok"
+
+
+async def test_retry_after_as_an_http_date_is_understood():
+    limited = Error(
+        429, "rate_limit_exceeded", headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    )
+    async with fake_openai(limited, Stream(["ok"])) as fake:
+        async with client(fake.base_url) as c:
+            items = await asyncio.wait_for(collect(c), 5)  # a date in the past: retry at once
+    assert text_of(items) == "ok"
+
+
+async def test_failures_never_log_the_key_or_the_message(caplog):
+    secret_text = "my private diary entry"
+    messages = [{"role": "user", "content": secret_text}]
+    script = (Error(500), Error(401, "invalid_api_key"), Stream(["cut"], cut=True))
+    with caplog.at_level(logging.DEBUG, logger="bot.providers"):
+        for step in script:
+            async with fake_openai(step) as fake:
+                async with client(fake.base_url, max_retries=1) as c:
+                    with pytest.raises(UpstreamError):
+                        _ = [i async for i in c.stream_chat("gpt-4o", messages, 10)]
+    assert KEY not in caplog.text
+    assert secret_text not in caplog.text
