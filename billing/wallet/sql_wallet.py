@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,7 +44,15 @@ from billing.wallet.base import (
     InvalidAmount,
     WalletError,
 )
-from billing.wallet.sql_engine import create_engine, is_sqlite, migrate, retrying, writer
+from billing.wallet.sql_batch import SqliteWriter
+from billing.wallet.sql_engine import (
+    create_engine,
+    is_sqlite,
+    migrate,
+    retrying,
+    sqlite_sync_writer,
+    writer,
+)
 from billing.wallet.sql_schema import accounts, entries, holds
 
 T = TypeVar("T")
@@ -126,11 +134,11 @@ _HOLD_SELECT = sa.select(*_HOLD_COLS, _capture_entry.c.id.label("entry_id")).sel
 class SqlWallet:
     """Wallet protocol on SQLite or PostgreSQL (see module docstring for how it stays exact)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sync_writer: Engine | None = None) -> None:
         self._engine = engine
         self._writer = writer(engine)
         self._sqlite = is_sqlite(engine)
-        # One writer at a time per process on SQLite: the file allows one anyway.
+        self._sqlite_writer = SqliteWriter(sync_writer) if sync_writer is not None else None
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._build_statements()
 
@@ -143,7 +151,7 @@ class SqlWallet:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, sqlite_sync_writer(url) if is_sqlite(engine) else None)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -221,20 +229,26 @@ class SqlWallet:
 
     # -- transactions ----------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `fn` in one write transaction, retried whole on lock/serialization failures."""
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` as one write transaction, retried whole on lock/serialization failures.
 
-        async def once() -> T:
-            lock = self._write_lock or contextlib.nullcontext()
-            async with lock, self._writer.begin() as conn:
-                return await fn(conn)
-
+        `fn` is plain blocking Core code. SQLite files: it runs on the wallet's writer thread,
+        group-committed with whatever else is waiting (see sql_batch). PostgreSQL: it runs
+        through `AsyncConnection.run_sync`, each statement awaited on asyncpg.
+        """
         for _ in range(20):
             try:
-                return await retrying(once)
+                if self._sqlite_writer is not None:
+                    return await self._sqlite_writer.run(fn)
+                return await retrying(lambda: self._write_async(fn))
             except _Retry:
                 await asyncio.sleep(0)
         raise WalletError("the wallet could not settle a concurrent change; try again")
+
+    async def _write_async(self, fn: Callable[[Connection], T]) -> T:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self._writer.begin() as conn:
+            return await conn.run_sync(fn)
 
     async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async def once() -> T:
@@ -243,8 +257,8 @@ class SqlWallet:
 
         return await retrying(once)
 
-    async def _insufficient(self, conn: AsyncConnection, account: str, amount: int) -> None:
-        available = (await conn.execute(self._available, {"p_acct": account})).scalar()
+    def _insufficient(self, conn: Connection, account: str, amount: int) -> NoReturn:
+        available = conn.execute(self._available, {"p_acct": account}).scalar()
         raise InsufficientCredits(account, amount, int(available or 0))
 
     # -- money -----------------------------------------------------------------------------
@@ -288,7 +302,7 @@ class SqlWallet:
         signed = amount if kind == CREDIT else -amount
         meta = dict(meta or {})
 
-        async def tx(conn: AsyncConnection) -> Entry:
+        def tx(conn: Connection) -> Entry:
             now = datetime.now(UTC)
             row = {
                 "account": account,
@@ -300,15 +314,15 @@ class SqlWallet:
                 "meta": meta or None,
                 "created_at": now,
             }
-            new_id = (await conn.execute(self._ins_entry, row)).scalar()
+            new_id = (conn.execute(self._ins_entry, row)).scalar()
             if new_id is None:  # a replay: the first result stands
-                first = (await conn.execute(self._entry_by_key, {"p_key": key})).one()
+                first = (conn.execute(self._entry_by_key, {"p_key": key})).one()
                 return _entry(first)
             params = {"p_acct": account, "p_amt": amount}
             if kind == CREDIT:
-                await conn.execute(self._credit_account, params)
-            elif (await conn.execute(self._debit_account, params)).rowcount != 1:
-                await self._insufficient(conn, account, amount)
+                conn.execute(self._credit_account, params)
+            elif (conn.execute(self._debit_account, params)).rowcount != 1:
+                self._insufficient(conn, account, amount)
             return Entry(
                 id=str(new_id),
                 account=account,
@@ -329,7 +343,7 @@ class SqlWallet:
             raise ValueError(f"hold ttl must be positive seconds, got {ttl!r}")
         span = timedelta(seconds=ttl)
 
-        async def tx(conn: AsyncConnection) -> Hold:
+        def tx(conn: Connection) -> Hold:
             now = datetime.now(UTC)
             row = {
                 "account": account,
@@ -340,12 +354,12 @@ class SqlWallet:
                 "created_at": now,
                 "expires_at": now + span,
             }
-            new_id = (await conn.execute(self._ins_hold, row)).scalar()
+            new_id = (conn.execute(self._ins_hold, row)).scalar()
             if new_id is None:  # a replay: the hold as it stands now
-                return _hold((await conn.execute(self._hold_by_key, {"p_key": key})).one())
-            reserved = await conn.execute(self._reserve, {"p_acct": account, "p_amt": amount})
+                return _hold((conn.execute(self._hold_by_key, {"p_key": key})).one())
+            reserved = conn.execute(self._reserve, {"p_acct": account, "p_amt": amount})
             if reserved.rowcount != 1:
-                await self._insufficient(conn, account, amount)
+                self._insufficient(conn, account, amount)
             return Hold(
                 id=str(new_id),
                 account=account,
@@ -372,17 +386,15 @@ class SqlWallet:
             raise HoldNotFound(f"no hold {hold_id!r}")
         meta = dict(meta or {})
 
-        async def tx(conn: AsyncConnection) -> Entry | _Deferred:
+        def tx(conn: Connection) -> Entry | _Deferred:
             now = datetime.now(UTC)
             done = (
-                await conn.execute(self._capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
+                conn.execute(self._capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
             ).first()
             if done is None:
-                return await self._refuse_capture(conn, hid, amount, now)
+                return self._refuse_capture(conn, hid, amount, now)
             account, held, hkey = done
-            await conn.execute(
-                self._release, {"p_acct": account, "p_held": held, "p_spent": amount}
-            )
+            conn.execute(self._release, {"p_acct": account, "p_held": held, "p_spent": amount})
             row = {
                 "account": account,
                 "kind": CAPTURE,
@@ -394,7 +406,7 @@ class SqlWallet:
                 "created_at": now,
             }
             try:
-                new_id = (await conn.execute(self._ins_entry_plain, row)).scalar_one()
+                new_id = (conn.execute(self._ins_entry_plain, row)).scalar_one()
             except IntegrityError as exc:
                 raise WalletError(f"ledger key {row['key']!r} is already used") from exc
             return Entry(
@@ -414,38 +426,34 @@ class SqlWallet:
             raise result.error
         return result
 
-    async def _refuse_capture(
-        self, conn: AsyncConnection, hid: int, amount: int, now: datetime
+    def _refuse_capture(
+        self, conn: Connection, hid: int, amount: int, now: datetime
     ) -> Entry | _Deferred:
         """Why the capture did not happen: replay, closed, expired, or too large."""
-        found = (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+        found = (conn.execute(self._hold_by_id, {"p_id": hid})).first()
         if found is None:
             raise HoldNotFound(f"no hold {hid}")
         h = _hold(found)
         if h.status == CAPTURED:
-            first = (
-                await conn.execute(self._entry_by_key, {"p_key": CAPTURE_KEY_PREFIX + h.key})
-            ).one()
+            first = (conn.execute(self._entry_by_key, {"p_key": CAPTURE_KEY_PREFIX + h.key})).one()
             return _entry(first)
         if h.status != HELD:
             raise HoldNotActive(h.id, h.status)
         if h.expires_at <= now:
-            await self._close(conn, hid, now, "expired at capture")
+            self._close(conn, hid, now, "expired at capture")
             return _Deferred(HoldNotActive(h.id, EXPIRED))
         if amount > h.amount:
             raise InvalidAmount(f"capture of {amount} exceeds hold {h.id} of {h.amount}")
         raise _Retry
 
-    async def _close(
-        self, conn: AsyncConnection, hid: int, now: datetime, reason: str
-    ) -> Hold | None:
+    def _close(self, conn: Connection, hid: int, now: datetime, reason: str) -> Hold | None:
         """Release a held hold (voided, or expired if its time is up); None if not held."""
         params = {"p_id": hid, "p_now": now, "p_reason": reason}
-        row = (await conn.execute(self._close_hold, params)).first()
+        row = (conn.execute(self._close_hold, params)).first()
         if row is None:
             return None
         h = _hold(row)
-        await conn.execute(self._release, {"p_acct": h.account, "p_held": h.amount, "p_spent": 0})
+        conn.execute(self._release, {"p_acct": h.account, "p_held": h.amount, "p_spent": 0})
         return h
 
     async def void(self, hold_id: str, reason: str = "") -> Hold:
@@ -453,11 +461,11 @@ class SqlWallet:
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
 
-        async def tx(conn: AsyncConnection) -> Hold | _Deferred:
+        def tx(conn: Connection) -> Hold | _Deferred:
             now = datetime.now(UTC)
-            h = await self._close(conn, hid, now, reason or "void")
+            h = self._close(conn, hid, now, reason or "void")
             if h is None:
-                found = (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+                found = (conn.execute(self._hold_by_id, {"p_id": hid})).first()
                 if found is None:
                     raise HoldNotFound(f"no hold {hid}")
                 h = _hold(found)
@@ -476,13 +484,13 @@ class SqlWallet:
     async def sweep(self, now: datetime | None = None) -> int:
         at = now or datetime.now(UTC)
 
-        async def tx(conn: AsyncConnection) -> int:
-            rows = (await conn.execute(self._expire_due, {"p_now": at})).all()
+        def tx(conn: Connection) -> int:
+            rows = (conn.execute(self._expire_due, {"p_now": at})).all()
             per_account: dict[str, int] = {}
             for account, amount in rows:
                 per_account[account] = per_account.get(account, 0) + amount
             if per_account:
-                await conn.execute(
+                conn.execute(
                     self._release,
                     [
                         {"p_acct": acct, "p_held": held, "p_spent": 0}
@@ -558,4 +566,6 @@ class SqlWallet:
         return [_hold(r) for r in await self._read(q)]
 
     async def close(self) -> None:
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
         await self._engine.dispose()
