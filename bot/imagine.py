@@ -52,7 +52,6 @@ OPEN = "mj:open"
 DONE_TTL_SECONDS = 7 * 86400  # how long a finished image's buttons keep working
 TRACK_LEASE_SECONDS = 60.0
 LOST_AFTER = 3  # consecutive "task not found" answers before a task counts as failed
-GRID_ACTIONS = ("IMAGINE", "VARIATION", "REROLL")
 _PERCENT = re.compile(r"(\d{1,3})\s*%")
 
 Deliver = Callable[[Delivery], Awaitable[None]]
@@ -68,6 +67,11 @@ def price_action(action: str) -> str:
     if action == "REROLL":
         return "reroll"
     return "imagine"
+
+
+def is_grid(action: str) -> bool:
+    """Imagine, variations and rerolls give a 4-image grid that can be upscaled or varied."""
+    return action in ("IMAGINE", "REROLL") or action.startswith("V")
 
 
 def button_label(action: str) -> str:
@@ -476,7 +480,7 @@ class ImageFlow:
         if record.status == "success":
             url = (task.image_url if task else None) or record.image_url or ""
             actions: list[Action] = []
-            if record.action in GRID_ACTIONS:
+            if is_grid(record.action):
                 offered = task.actions() if task is not None else list(ACTIONS)
                 for name in offered:
                     data = f"mj:{record.task_id}:{name}"
