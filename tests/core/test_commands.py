@@ -1,0 +1,148 @@
+"""Commands: balance, usage, models, /link, /topup codes and the admin commands."""
+
+from __future__ import annotations
+
+from billing.tokens import count_text
+from bot.core import Core
+from bot.events import FinalText, Notice
+from bot.i18n import keys
+from tests.core.conftest import PRICES, ask, captures, credits_of, fund, of_type, prompt_tokens
+
+ACCOUNT = "telegram:u1"
+
+
+def test_every_text_exists_in_english_and_chinese() -> None:
+    assert keys("en") == keys("zh")
+
+
+async def test_balance_and_usage_let_a_user_recompute_each_charge(core: Core) -> None:
+    await fund(core, ACCOUNT, 100)
+    text = "hello [[tokens:25]]"
+    await ask(core, text)
+    cost = PRICES.chat_cost("gpt-3.5-turbo", prompt_tokens("gpt-3.5-turbo", text), 25)
+    left = 100_000 - cost
+    [balance] = await ask(core, "/balance")
+    assert f"Available: {left / 1000:g} credits" in balance.text
+    assert f"Spent today (UTC): {cost / 1000:g} credits" in balance.text
+    [usage] = await ask(core, "/usage")
+    [entry] = await captures(core, ACCOUNT)
+    line = (
+        f"gpt-3.5-turbo: {prompt_tokens('gpt-3.5-turbo', text)} prompt + 25 completion tokens "
+        f"× 40 / 40 credits per 1K = {cost / 1000:g} credits"
+    )
+    assert line in usage.text and f"#{entry.id}" in usage.text
+
+
+async def test_chinese_users_get_chinese(core: Core) -> None:
+    await fund(core, ACCOUNT, 7)
+    [balance] = await ask(core, "/balance", language="zh-hans")
+    assert "可用：7 积分（约 ¥0.0007）" in balance.text
+    [unknown] = await ask(core, "/nonsense", language="zh")
+    assert "未知命令" in unknown.text
+    [help_text] = await ask(core, "/help")
+    assert "/imagine" in help_text.text and "2000 credits" in help_text.text
+
+
+async def test_model_switch_and_refusal_of_unpriced_models(core: Core) -> None:
+    [refused] = await ask(core, "/model gpt-4-32k")
+    assert isinstance(refused, Notice) and "not available" in refused.text
+    [listing] = await ask(core, "/model")
+    assert "• gpt-3.5-turbo: 40 / 40" in listing.text and "gpt-4: 2310 / 4260" in listing.text
+    assert "gpt-4-32k" not in listing.text
+    [switched] = await ask(core, "/model gpt-4")
+    assert isinstance(switched, FinalText) and "gpt-4" in switched.text
+    await fund(core, ACCOUNT, 1000)
+    text = "hi [[tokens:5]]"
+    await ask(core, text)
+    [entry] = await captures(core, ACCOUNT)
+    assert entry.meta["model"] == "gpt-4"
+    assert entry.amount == -PRICES.chat_cost("gpt-4", prompt_tokens("gpt-4", text), 5)
+    [prices] = await ask(core, "/price")
+    assert "imagine: 2000" in prices.text
+
+
+async def test_new_forgets_the_conversation(core: Core) -> None:
+    await fund(core, ACCOUNT, 100)
+    await ask(core, "remember this [[tokens:5]]")
+    await ask(core, "/new")
+    text = "fresh [[tokens:5]]"
+    await ask(core, text)
+    latest = (await captures(core, ACCOUNT))[0]
+    assert latest.meta["prompt_tokens"] == prompt_tokens("gpt-3.5-turbo", text)
+
+
+async def test_link_joins_a_second_platform_to_one_wallet(core: Core) -> None:
+    await fund(core, ACCOUNT, 50)
+    await fund(core, "wechat:oW1", 5)
+    [code_msg] = await ask(core, "/link")
+    code = code_msg.text.split("\n")[0].rsplit(" ", 1)[1]
+    [linked] = await ask(core, f"/link {code}", user="oW1", platform="wechat")
+    assert "5 credits" in linked.text and "55 credits available" in linked.text
+    assert (await core.wallet.balance("wechat:oW1")).total == 0
+    # WeChat now spends the shared wallet.
+    text = "from wechat [[tokens:9]]"
+    await ask(core, text, user="oW1", platform="wechat")
+    cost = PRICES.chat_cost("gpt-3.5-turbo", prompt_tokens("gpt-3.5-turbo", text), 9)
+    assert (await core.wallet.balance(ACCOUNT)).total == 55_000 - cost
+    # A code works once.
+    [again] = await ask(core, f"/link {code}", user="oW2", platform="wechat")
+    assert isinstance(again, Notice) and "not valid" in again.text
+
+
+async def test_admin_commands_are_refused_to_others(core: Core) -> None:
+    await fund(core, ACCOUNT, 10)
+    await ask(core, "hi [[tokens:5]]")
+    [charge] = await captures(core, ACCOUNT)
+    before = await core.wallet.balance(ACCOUNT)
+    for command in ("/grant telegram:u1 1000", f"/refund {charge.id}"):
+        [refusal] = await ask(core, command)
+        assert refusal.kind == "error" and "operators only" in refusal.text
+    assert await core.wallet.balance(ACCOUNT) == before
+    [grant] = await ask(core, "/grant telegram:u1 12.5", user="admin")
+    assert "Granted 12.5 credits to telegram:u1" in grant.text
+    assert (await core.wallet.balance(ACCOUNT)).total == before.total + 12_500
+
+
+async def test_refund_is_linked_to_the_entry_and_given_once(core: Core) -> None:
+    await fund(core, ACCOUNT, 10)
+    text = "a wrong answer [[fault:cut]]"
+    events = await ask(core, text)
+    received = count_text("gpt-3.5-turbo", of_type(events, FinalText)[-1].text)
+    cost = PRICES.chat_cost("gpt-3.5-turbo", prompt_tokens("gpt-3.5-turbo", text), received)
+    [charge] = await captures(core, ACCOUNT)
+    [done] = await ask(core, f"/refund #{charge.id}", user="admin")
+    assert f"for entry #{charge.id}" in done.text
+    [again] = await ask(core, f"/refund {charge.id}", user="admin")
+    assert "already compensated" in again.text
+    refunds = [e for e in await credits_of(core, ACCOUNT) if e.ref == charge.id]
+    assert [(e.amount, e.ref) for e in refunds] == [(cost, charge.id)]
+    assert (await core.wallet.balance(ACCOUNT)).total == 10_000
+    [not_charge] = await ask(core, f"/refund {refunds[0].id}", user="admin")
+    assert "not a charge" in not_charge.text
+
+
+async def test_topup_redeems_a_code_once(core: Core) -> None:
+    from bot.codes import create_codes
+
+    [new] = await create_codes(core.kv, 30_000, 1)
+    [ok] = await ask(core, f"/topup {new.code}")
+    assert "+30 credits" in ok.text
+    [used] = await ask(core, f"/topup {new.code}", user="u2")
+    assert "already been used" in used.text
+    [bad] = await ask(core, "/topup NOPE-NOPE")
+    assert "not valid" in bad.text
+    assert (await core.wallet.balance(ACCOUNT)).total == 30_000
+    [info] = await ask(core, "/topup")
+    assert "/topup CODE" in info.text
+
+
+async def test_payments_and_trials_are_credited_once(core: Core) -> None:
+    entry = await core.credit_payment("telegram", "u1", 10_000, key="stars:abc", reason="stars")
+    again = await core.credit_payment("telegram", "u1", 10_000, key="stars:abc", reason="stars")
+    assert entry.id == again.id
+    assert await core.grant_trial("wechat", "oX", 3000) is True
+    assert await core.grant_trial("wechat", "oX", 3000) is False
+    reversal = await core.reverse_payment("stars:abc", reason="refunded")
+    assert (reversal.amount, reversal.ref) == (-10_000, entry.id)
+    assert (await core.wallet.balance(ACCOUNT)).total == 0
+    assert (await core.wallet.balance("wechat:oX")).total == 3000
