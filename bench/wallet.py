@@ -1,8 +1,9 @@
 """Wallet throughput: hold+capture pairs per second beside the raw limit of the same store.
 
 For each backend and concurrency, N workers (each on its own account, like N users chatting at
-once) loop hold -> capture for a few seconds. In the same run and on the same store we measure
-the raw limit: the cheapest atomic write that store offers, from the same kind of client:
+once) loop hold -> capture for a few seconds. The wallet and the raw workload take turns in
+half-second slices, so a busy machine slows both alike. The raw limit is the cheapest atomic
+write the same store offers, from the same kind of client:
 
 - SQLite: bare single-row `UPDATE` commits (aiosqlite, the wallet's WAL + synchronous settings,
   on the same database file);
@@ -13,7 +14,8 @@ the raw limit: the cheapest atomic write that store offers, from the same kind o
 A pair is two wallet calls, each at least one atomic write, so the raw limit in pairs is half
 the raw writes per second; the ratio compares against that. Target: >= 50%.
 
-    python -m bench wallet [--seconds 3] [--concurrency 1,16,128] [--backends sqlite,redis,postgres]
+    python -m bench wallet [--seconds 3] [--concurrency 1,16,128] [--backends sqlite,postgres,redis]
+                           [--sqlite-sync FULL|NORMAL]
 
 Redis and PostgreSQL come from REDIS_URL / DATABASE_URL, or throwaway servers as in the tests.
 """
@@ -23,13 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,32 +53,54 @@ class Cell:
         return self.pairs_per_s / (self.raw_per_s / 2) if self.raw_per_s else 0.0
 
 
-async def _drive(
-    workers: int, seconds: float, step: Callable[[int, int], Awaitable[None]]
-) -> float:
-    """Run `step(worker, i)` in `workers` loops for `seconds`; return completed steps per second."""
-    done = 0
-    deadline = 0.0
-
-    async def loop(w: int) -> None:
-        nonlocal done
-        for i in itertools.count():
-            if time.perf_counter() >= deadline:
-                return
-            await step(w, i)
-            done += 1
-
-    # A short warm-up fills the pools and caches, then the measured run.
-    deadline = time.perf_counter() + min(0.3, seconds / 5)
-    await asyncio.gather(*(loop(w) for w in range(workers)))
-    done = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    await asyncio.gather(*(loop(w) for w in range(workers)))
-    return done / (time.perf_counter() - start)
+Step = Callable[[int, int], Awaitable[None]]
+_SLICE = 0.5  # seconds; wallet and raw take turns so both see the same machine load
 
 
-async def _wallet_rate(wallet: Wallet, tag: str, workers: int, seconds: float) -> float:
+class _Meter:
+    """Counts steps of one workload over several slices of time."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.done = 0
+        self.elapsed = 0.0
+        self.calls = 0
+
+    async def run(self, workers: int, seconds: float, *, count: bool = True) -> None:
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def loop(w: int) -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await self.step(w, self.calls)
+                self.calls += 1
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop(w) for w in range(workers)))
+        if count:
+            self.done += done
+            self.elapsed += time.perf_counter() - start
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed else 0.0
+
+
+async def _measure(workers: int, seconds: float, wallet: Step, raw: Step) -> tuple[float, float]:
+    """Alternate short slices of the wallet and the raw workload; return both rates per second."""
+    meters = _Meter(wallet), _Meter(raw)
+    for meter in meters:  # warm-up: fill the pools and caches
+        await meter.run(workers, min(0.3, seconds / 5), count=False)
+    slices = max(1, round(seconds / _SLICE))
+    for _ in range(slices):
+        for meter in meters:
+            await meter.run(workers, seconds / slices)
+    return meters[0].rate, meters[1].rate
+
+
+async def _wallet_step(wallet: Wallet, tag: str, workers: int) -> Step:
     accounts = [f"bench:{tag}:{workers}:{w}" for w in range(workers)]
     for account in accounts:
         await wallet.credit(account, _FUND, f"fund:{account}", "bench")
@@ -87,13 +110,14 @@ async def _wallet_rate(wallet: Wallet, tag: str, workers: int, seconds: float) -
         hold = await wallet.hold(accounts[w], 1_000, f"{run}:{w}:{i}", 60)
         await wallet.capture(hold.id, 700, reason="bench")
 
-    return await _drive(workers, seconds, pair)
+    return pair
 
 
 # --- raw limits ------------------------------------------------------------------------------
 
 
-async def _raw_sqlite(path: str, synchronous: str, workers: int, seconds: float) -> float:
+@contextlib.asynccontextmanager
+async def _raw_sqlite(path: str, synchronous: str, workers: int) -> AsyncIterator[Step]:
     import aiosqlite
 
     db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: one UPDATE, one commit
@@ -108,12 +132,13 @@ async def _raw_sqlite(path: str, synchronous: str, workers: int, seconds: float)
         async def update(w: int, i: int) -> None:
             await db.execute("UPDATE bench_raw SET n = n + 1 WHERE id = ?", (w,))
 
-        return await _drive(workers, seconds, update)
+        yield update
     finally:
         await db.close()
 
 
-async def _raw_postgres(dsn: str, connections: int, workers: int, seconds: float) -> float:
+@contextlib.asynccontextmanager
+async def _raw_postgres(dsn: str, connections: int, workers: int) -> AsyncIterator[Step]:
     import asyncpg
 
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=min(workers, connections))
@@ -127,12 +152,13 @@ async def _raw_postgres(dsn: str, connections: int, workers: int, seconds: float
         async def update(w: int, i: int) -> None:
             await pool.execute("UPDATE bench_raw SET n = n + 1 WHERE id = $1", w)
 
-        return await _drive(workers, seconds, update)
+        yield update
     finally:
         await pool.close()
 
 
-async def _raw_redis(wallet: Any, workers: int, seconds: float) -> float:
+@contextlib.asynccontextmanager
+async def _raw_redis(wallet: Any, workers: int) -> AsyncIterator[Step]:
     client = wallet._redis  # the wallet's own client and pool: the same path its scripts take
     sha = await client.script_load("return redis.call('HINCRBY', KEYS[1], 'n', 1)")
     keys = [f"{{bench:raw:{w}}}" for w in range(workers)]
@@ -140,21 +166,21 @@ async def _raw_redis(wallet: Any, workers: int, seconds: float) -> float:
     async def evalsha(w: int, i: int) -> None:
         await client.execute_command("EVALSHA", sha, 1, keys[w])
 
-    return await _drive(workers, seconds, evalsha)
+    yield evalsha
 
 
 # --- backends ---------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def _servers(backends: list[str]) -> Iterator[dict[str, str | None]]:
+def _servers(backends: list[str], sqlite_sync: str) -> Iterator[dict[str, str | None]]:
     """URLs per backend: the environment's, or throwaway servers like the tests use."""
     from tests import services
 
     with contextlib.ExitStack() as stack:
         urls: dict[str, str | None] = {}
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="creditbot-bench-"))
-        urls["sqlite"] = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        urls["sqlite"] = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}?synchronous={sqlite_sync}"
         if "redis" in backends:
             urls["redis"] = stack.enter_context(services.redis_server())
         if "postgres" in backends:
@@ -175,17 +201,21 @@ async def _bench_backend(
     cells = []
     try:
         for c in concurrencies:
-            pairs = await _wallet_rate(wallet, backend, c, seconds)
+            raw_step: contextlib.AbstractAsyncContextManager[Step]
             if backend == "sqlite":
-                path = url.split(":///", 1)[1]
-                raw = await _raw_sqlite(path, "FULL", c, seconds)
+                path, _, query = url.split(":///", 1)[1].partition("?synchronous=")
+                raw_step = _raw_sqlite(path, query or "FULL", c)
             elif backend == "postgres":
                 engine: Any = wallet.engine  # type: ignore[attr-defined]
                 size = engine.pool.size() + engine.pool._max_overflow
                 dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-                raw = await _raw_postgres(dsn, size, c, seconds)
+                raw_step = _raw_postgres(dsn, size, c)
             else:
-                raw = await _raw_redis(wallet, c, seconds)
+                raw_step = _raw_redis(wallet, c)
+            async with raw_step as raw_fn:
+                pairs, raw = await _measure(
+                    c, seconds, await _wallet_step(wallet, backend, c), raw_fn
+                )
             cell = Cell(backend, c, pairs, raw)
             cells.append(cell)
             print(_row(cell), flush=True)
@@ -221,6 +251,7 @@ async def run(
     urls: dict[str, str | None], backends: list[str], concurrencies: list[int], seconds: float
 ) -> list[Cell]:
     print(f"wallet bench: {seconds:g} s per cell on {_machine()}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(_HEADER)
     print("|" + "|".join("-" * (len(h)) for h in _HEADER.split("|")[1:-1]) + "|")
     cells: list[Cell] = []
@@ -241,10 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per cell")
     parser.add_argument("--concurrency", default="1,16,128", help="comma-separated")
     parser.add_argument("--backends", default="sqlite,postgres,redis", help="comma-separated")
+    parser.add_argument(
+        "--sqlite-sync",
+        default="FULL",
+        choices=["FULL", "NORMAL"],
+        help="SQLite synchronous setting for the wallet and its raw limit alike (default FULL)",
+    )
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    with _servers(backends) as urls:  # started outside the event loop, as in the tests
+    # Servers start outside the event loop, as in the tests.
+    with _servers(backends, args.sqlite_sync) as urls:
         asyncio.run(run(urls, backends, concurrencies, args.seconds))
 
 
