@@ -18,7 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.payments import PayConfig, WeChatPay
+from billing.money import format_credits
+from bot.events import Delivery, Notice
+from bot.payments import Order, PayConfig, WeChatPay
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,21 @@ def notify_handler(pay: WeChatPay) -> Any:
     return handle
 
 
+def _tell_user(core: Any) -> Any:
+    """Tell the payer their credits arrived, through the core's sink for their platform."""
+    deliver = getattr(core, "deliver", None) or getattr(core, "_deliver", None)
+    if deliver is None:
+        return None
+
+    async def on_paid(order: Order) -> None:
+        credits = format_credits(order.amount_milli)
+        text = f"Payment received: +{credits} credits.\n支付成功：+{credits} 积分。"
+        chat = order.extra.get("chat_id") or order.user_id
+        await deliver(Delivery(order.platform, order.user_id, str(chat), Notice(text)))
+
+    return on_paid
+
+
 def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd | None:
     """Mount the notify endpoint when WeChat Pay is configured; None otherwise.
 
@@ -93,7 +110,7 @@ def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd
     config = PayConfig.from_settings(settings)
     if not config.configured:
         return None
-    pay = WeChatPay(config, core.kv, core.credit_payment)
+    pay = WeChatPay(config, core.kv, core.credit_payment, on_paid=_tell_user(core))
     app[APP_KEY] = pay
     app.router.add_post(settings.wechatpay_notify_path, notify_handler(pay))
     return WeChatPayFrontEnd(pay)

@@ -336,6 +336,7 @@ class WeChatPay:
         openid: str | None = None,
         description: str = "creditbot credits",
         client_ip: str = "127.0.0.1",
+        chat_id: str | None = None,
     ) -> Order:
         """Ask WeChat Pay for a NATIVE (QR code) or JSAPI (in-WeChat) order of `fen` fen."""
         if not isinstance(fen, int) or fen <= 0:
@@ -356,6 +357,7 @@ class WeChatPay:
             created_at=now.isoformat(),
             expires_at=expires.isoformat(),
             openid=openid,
+            extra={"chat_id": chat_id} if chat_id else {},
         )
         if self.config.v3:
             await self._create_v3(order, description, expires)

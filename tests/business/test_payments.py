@@ -22,7 +22,8 @@ from aiohttp import web
 
 from adapters import wechatpay as adapter
 from billing.wallet.base import Entry
-from bot.payments import WeChatPay, qr_png, sign_v2
+from bot.events import Delivery, Notice
+from bot.payments import WeChatPay, qr_png, sign_v2, verify_v3
 from bot.settings import Settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank
@@ -50,6 +51,10 @@ class CoreStandIn:
     def __init__(self, bank: Bank) -> None:
         self.kv = bank.store
         self.wallet = bank.wallet
+        self.delivered: list[Delivery] = []
+
+    async def deliver(self, delivery: Delivery) -> None:
+        self.delivered.append(delivery)
 
     async def credit_payment(
         self, platform: str, user_id: str, amount_milli: int, *, key: str, reason: str, meta=None
@@ -68,6 +73,7 @@ class Shop:
     fake: fake.FakeWeChatPay
     notify_url: str
     http: httpx.AsyncClient
+    core: CoreStandIn
 
     async def notify(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         headers = headers or {"Content-Type": "text/xml"}
@@ -111,13 +117,14 @@ async def open_shop(
     async with served(wxpay.app) as api_base:
         settings = settings_for(api_base, tmp, keys, v3=v3, sign_type=sign_type)
         app = web.Application()
-        front = adapter.install(CoreStandIn(bank), settings, app)
+        core = CoreStandIn(bank)
+        front = adapter.install(core, settings, app)
         assert front is not None
         pay = app[adapter.APP_KEY]
         async with served(app) as base, httpx.AsyncClient() as http:
             await front.start()
             try:
-                yield Shop(bank, pay, wxpay, base + settings.wechatpay_notify_path, http)
+                yield Shop(bank, pay, wxpay, base + settings.wechatpay_notify_path, http, core)
             finally:
                 await front.stop()
 
@@ -154,6 +161,11 @@ async def test_native_order_paid_by_v2_notification_credits_once(
         assert await shop.balance() == 990 * MILLI_PER_FEN
         [entry] = await sqlite_bank.wallet.entries("wechat:42")
         assert entry.key == f"wxpay:{order.out_trade_no}"
+        # The payer hears about it once, in both languages.
+        [told] = shop.core.delivered
+        assert (told.platform, told.user_id) == ("wechat", "42")
+        assert isinstance(told.event, Notice) and "+99000 credits" in told.event.text
+        assert "支付成功" in told.event.text
         assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
 
 
@@ -285,8 +297,6 @@ async def test_v3_jsapi_parameters_are_signed_with_the_merchant_key(
         params = shop.pay.jsapi_params(order)
         assert params["signType"] == "RSA"
         message = "".join(params[k] + "\n" for k in ("appId", "timeStamp", "nonceStr", "package"))
-        from bot.payments import verify_v3
-
         merchant_public = shop.fake.keys.merchant.public_key()
         assert verify_v3(merchant_public, message, params["paySign"])
         assert shop.fake.orders[-1]["payer"] == {"openid": "o1"}
