@@ -17,6 +17,7 @@ they happen without touching the code that does the work:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -146,13 +147,15 @@ class InstrumentedOpenAI:
         started = time.monotonic()
         first = True
         try:
-            async for item in self._client.stream_chat(model, *args, **kw):
-                if first:
-                    self._metrics.upstream_latency.labels("openai", model).observe(
-                        time.monotonic() - started
-                    )
-                    first = False
-                yield item
+            stream = self._client.stream_chat(model, *args, **kw)
+            async with contextlib.aclosing(stream) as items:
+                async for item in items:
+                    if first:
+                        self._metrics.upstream_latency.labels("openai", model).observe(
+                            time.monotonic() - started
+                        )
+                        first = False
+                    yield item
         except Exception as exc:
             self._metrics.errors.labels(getattr(exc, "kind", type(exc).__name__)).inc()
             raise
