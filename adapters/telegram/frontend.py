@@ -1,0 +1,152 @@
+"""The Telegram front end: one Bot, one Dispatcher, long polling or a webhook on the shared app.
+
+Long polling is the default (nothing to expose). With TELEGRAM_WEBHOOK_URL set, Telegram
+posts updates to TELEGRAM_WEBHOOK_PATH on the bot's HTTP server, and each request must carry
+TELEGRAM_WEBHOOK_SECRET in `X-Telegram-Bot-Api-Secret-Token` (401 otherwise): without it anyone
+could post a forged `successful_payment`, so webhook mode refuses to start without a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiohttp import web
+
+from adapters.telegram import chat, commands, imagine, payments
+from adapters.telegram.context import PLATFORM, CoreAPI, TelegramContext
+from adapters.telegram.middlewares import DedupeMiddleware
+from adapters.telegram.replies import Replier
+from adapters.telegram.stars import parse_packs
+from adapters.telegram.streaming import Target
+from bot.events import Delivery, TextDelta
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def admin_ids(settings: Settings) -> frozenset[str]:
+    """Telegram user ids of the operators: "telegram:ID" in ADMIN_IDS (a bare ID works too)."""
+    ids = set()
+    for item in settings.admin_ids:
+        platform, sep, user = str(item).strip().rpartition(":")
+        if not sep or platform == PLATFORM:
+            ids.add(user)
+    return frozenset(ids)
+
+
+def make_bot(settings: Settings) -> Bot:
+    """A Bot on api.telegram.org, or on TELEGRAM_API_BASE (a self-hosted Bot API server)."""
+    base = settings.telegram_api_base.strip()
+    session = AiohttpSession(api=TelegramAPIServer.from_base(base)) if base else AiohttpSession()
+    return Bot(settings.telegram_bot_token, session=session)
+
+
+def make_dispatcher(core: CoreAPI, tg: TelegramContext, bot_id: int) -> Dispatcher:
+    """Routers per feature; the core and the front end's state as workflow data."""
+    dp = Dispatcher(name="creditbot-telegram", core=core, tg=tg)
+    dp.update.outer_middleware(DedupeMiddleware(core.kv, bot_id, tg.dedupe_ttl))
+    dp.include_routers(
+        payments.build_router(),
+        imagine.build_router(),
+        commands.build_router(),
+        chat.build_router(),
+    )
+    return dp
+
+
+class TelegramFrontEnd:
+    """Started and stopped by `creditbot run` beside the other front ends."""
+
+    def __init__(
+        self,
+        core: CoreAPI,
+        settings: Settings,
+        app: web.Application | None = None,
+        *,
+        bot: Bot | None = None,
+        tg: TelegramContext | None = None,
+    ) -> None:
+        self.core = core
+        self.settings = settings
+        self.bot = bot or make_bot(settings)
+        self.tg = tg or TelegramContext(
+            http=httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=True),
+            packs=parse_packs(settings.telegram_stars_packs),
+            admin_ids=admin_ids(settings),
+            default_language=settings.default_language,
+            dedupe_ttl=float(settings.dedupe_ttl_seconds),
+        )
+        self.dp = make_dispatcher(core, self.tg, self.bot.id)
+        self.webhook = bool(settings.telegram_webhook_url)
+        self._polling: asyncio.Task[None] | None = None
+        self._handler: SimpleRequestHandler | None = None
+        if self.webhook:
+            if not settings.telegram_webhook_secret:
+                raise ValueError(
+                    "TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is empty: "
+                    "a webhook without a secret would accept forged updates (and payments)"
+                )
+            if app is None:
+                raise ValueError("webhook mode needs the HTTP application to mount on")
+            self._handler = SimpleRequestHandler(
+                dispatcher=self.dp,
+                bot=self.bot,
+                secret_token=settings.telegram_webhook_secret,
+                handle_in_background=True,
+            )
+            self._handler.register(app, path=settings.telegram_webhook_path)
+
+    async def start(self) -> None:
+        """Register the menu and the sink, then set the webhook or start polling."""
+        self.core.set_sink(PLATFORM, self.deliver)
+        await commands.register_menu(self.bot)
+        allowed = self.dp.resolve_used_update_types()
+        if self.webhook:
+            await self.bot.set_webhook(
+                self.settings.telegram_webhook_url,
+                secret_token=self.settings.telegram_webhook_secret,
+                allowed_updates=allowed,
+            )
+            log.info("Telegram webhook set on %s", self.settings.telegram_webhook_path)
+            return
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        self._polling = asyncio.create_task(
+            self.dp.start_polling(
+                self.bot,
+                handle_signals=False,
+                close_bot_session=False,
+                allowed_updates=allowed,
+            ),
+            name="telegram-polling",
+        )
+        log.info("Telegram long polling started")
+
+    async def stop(self) -> None:
+        """Stop taking updates, let running handlers finish, release connections."""
+        if self._polling is not None:
+            with contextlib.suppress(RuntimeError):
+                await self.dp.stop_polling()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._polling
+            self._polling = None
+        await self.bot.session.close()
+        await self.tg.http.aclose()
+
+    async def deliver(self, delivery: Delivery) -> None:
+        """An event for a chat outside any handler (an image finished after a restart)."""
+        if isinstance(delivery.event, TextDelta):
+            return
+        chat_id = int(delivery.chat_id)
+        target = Target(chat_id=chat_id, private=chat_id > 0, user_id=int(delivery.user_id))
+        replier = Replier(self.bot, self.tg, target)
+        try:
+            await replier.feed(delivery.event)
+        except Exception:
+            log.exception("delivery to chat %s failed", chat_id)

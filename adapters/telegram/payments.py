@@ -1,0 +1,152 @@
+"""Telegram Stars top-ups: invoices, the pre-checkout check, crediting, and the admin refund.
+
+Credit moves only on `successful_payment`, through the core, keyed by Telegram's charge id
+("tgstars:<charge_id>"), so a payment delivered twice is credited once. The pre-checkout query
+is answered at once (Telegram allows 10 s) after checking the payload, currency and amount.
+`/topup CODE` is not ours: it goes to the core like any command.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
+from aiogram.filters import Command
+from aiogram.types import LabeledPrice, PreCheckoutQuery
+from aiogram.types import Message as TgMessage
+
+from adapters.telegram.context import PLATFORM, CoreAPI, TelegramContext
+from adapters.telegram.inbound import ForBot, command_args, target_of
+from adapters.telegram.replies import converse
+from adapters.telegram.stars import CURRENCY, check_purchase, encode_payload
+from adapters.telegram.streaming import send_text
+from adapters.telegram.texts import tr
+from billing.money import format_credits
+
+log = logging.getLogger(__name__)
+
+
+def charge_key(charge_id: str) -> str:
+    """The wallet idempotency key of one Stars payment."""
+    return f"tgstars:{charge_id}"
+
+
+def build_router() -> Router:
+    router = Router(name="payments")
+    router.message.register(on_topup, Command("topup"), ForBot(commands=True))
+    router.message.register(on_refund, Command("refundstars"), ForBot(commands=True))
+    router.message.register(on_paid, F.successful_payment)
+    router.pre_checkout_query.register(on_pre_checkout)
+    return router
+
+
+async def on_topup(
+    message: TgMessage, bot: Bot, core: CoreAPI, tg: TelegramContext, text: str
+) -> None:
+    """The core's top-up text (or its code redemption), then one Stars invoice per pack."""
+    await converse(core, bot, tg, message, text)
+    if command_args(text) or not tg.packs or message.from_user is None:
+        return
+    user = message.from_user
+    language = user.language_code
+    for pack in tg.packs:
+        credits = format_credits(pack.credits_milli)
+        try:
+            await bot.send_invoice(
+                chat_id=message.chat.id,
+                title=tr("invoice_title", language, credits=credits),
+                description=tr("invoice_description", language, credits=credits, stars=pack.stars),
+                payload=encode_payload(pack, user.id),
+                currency=CURRENCY,
+                prices=[
+                    LabeledPrice(
+                        label=tr("invoice_label", language, credits=credits), amount=pack.stars
+                    )
+                ],
+                message_thread_id=message.message_thread_id if message.is_topic_message else None,
+            )
+        except TelegramAPIError as exc:
+            log.warning("could not send a Stars invoice: %s", exc)
+            return
+
+
+async def on_pre_checkout(query: PreCheckoutQuery, tg: TelegramContext) -> None:
+    purchase = check_purchase(
+        query.invoice_payload,
+        currency=query.currency,
+        total_amount=query.total_amount,
+        user_id=query.from_user.id,
+        packs=tg.packs,
+    )
+    if purchase is None:
+        log.warning("pre-checkout refused: payload or amount does not match a pack")
+        await query.answer(ok=False, error_message=tr("payment_bad", query.from_user.language_code))
+        return
+    await query.answer(ok=True)
+
+
+async def on_paid(message: TgMessage, bot: Bot, core: CoreAPI, tg: TelegramContext) -> None:
+    payment = message.successful_payment
+    user = message.from_user
+    if payment is None or user is None:
+        return
+    language = user.language_code
+    charge = payment.telegram_payment_charge_id
+    purchase = check_purchase(
+        payment.invoice_payload,
+        currency=payment.currency,
+        total_amount=payment.total_amount,
+        user_id=user.id,
+        packs=None,
+    )
+    target = target_of(message)
+    if purchase is None:
+        log.error("Stars payment %s does not match its payload; not credited", charge)
+        await send_text(bot, tg, target, tr("payment_unknown", language, charge=charge))
+        return
+    await core.credit_payment(
+        PLATFORM,
+        str(user.id),
+        purchase.pack.credits_milli,
+        key=charge_key(charge),
+        reason="Telegram Stars",
+        meta={"stars": purchase.pack.stars, "charge_id": charge, "provider": "telegram_stars"},
+    )
+    # A redelivered payment is credited once by its key; the receipt goes out once too.
+    if await core.kv.add(f"tgstars:receipt:{charge}", "1", ttl=tg.dedupe_ttl):
+        credits = format_credits(purchase.pack.credits_milli)
+        await send_text(bot, tg, target, tr("payment_ok", language, credits=credits))
+
+
+async def on_refund(
+    message: TgMessage, bot: Bot, core: CoreAPI, tg: TelegramContext, text: str
+) -> None:
+    """/refundstars USER_ID CHARGE_ID (admins): refund the Stars, then take the credits back."""
+    user = message.from_user
+    if user is None:
+        return
+    language = user.language_code
+    target = target_of(message)
+    if str(user.id) not in tg.admin_ids:
+        await send_text(bot, tg, target, tr("admin_only", language))
+        return
+    args = command_args(text).split()
+    if len(args) != 2 or not args[0].isdigit():
+        await send_text(bot, tg, target, tr("refund_usage", language))
+        return
+    buyer, charge = int(args[0]), args[1]
+    try:
+        await bot.refund_star_payment(user_id=buyer, telegram_payment_charge_id=charge)
+    except TelegramBadRequest as exc:
+        if "ALREADY_REFUNDED" not in exc.message.upper():
+            await send_text(bot, tg, target, tr("refund_failed", language, error=exc.message))
+            return
+    try:
+        entry = await core.reverse_payment(charge_key(charge), reason="Telegram Stars refund")
+    except Exception as exc:  # the core says why (unknown payment, credits already spent...)
+        log.warning("Stars %s refunded but not reversed: %s", charge, exc)
+        await send_text(bot, tg, target, tr("refund_reverse_failed", language, error=str(exc)))
+        return
+    credits = format_credits(abs(entry.amount))
+    await send_text(bot, tg, target, tr("refund_ok", language, charge=charge, credits=credits))
