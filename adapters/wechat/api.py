@@ -8,14 +8,15 @@ tokens within minutes, so exactly one process refreshes it, under a lock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import httpx
 
-from adapters.wechat.kvlock import KvLocks
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ class WeChatApi:
         self.appid = appid
         self.secret = secret
         self.kv = kv
-        self.locks = KvLocks(kv, ttl=30.0, wait=20.0)
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout)
         self._token: str | None = None
@@ -76,27 +76,41 @@ class WeChatApi:
         """A valid token: this process's copy, else the shared one, else a fresh one."""
         if self._token and time.monotonic() < self._token_until:
             return self._token
-        shared = await self.kv.get(self._token_key)
-        if shared:
-            return self._remember(shared, 60.0)
-        async with self.locks.hold(f"token:{self.appid}"):
-            shared = await self.kv.get(self._token_key)  # another process may have won
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        delay = 0.01
+        lock = f"wx:lock:token:{self.appid}"
+        while True:
+            shared = await self.kv.get(self._token_key)
             if shared:
                 return self._remember(shared, 60.0)
-            data = await self._request(
-                "GET",
-                "/cgi-bin/token",
-                params={
-                    "grant_type": "client_credential",
-                    "appid": self.appid,
-                    "secret": self.secret,
-                },
-            )
-            token = str(data["access_token"])
-            ttl = max(float(data.get("expires_in", 7200)) - _TOKEN_MARGIN, 60.0)
-            await self.kv.set(self._token_key, token, ttl=ttl)
-            log.info("wechat access_token refreshed (valid %ss)", int(ttl))
-            return self._remember(token, min(ttl, 60.0))
+            # Waiters poll the token (a read); only one process at a time may fetch it.
+            holder = uuid.uuid4().hex
+            if await self.kv.add(lock, holder, ttl=30.0):
+                try:
+                    return await self._refresh()
+                finally:
+                    if await self.kv.get(lock) == holder:
+                        await self.kv.delete(lock)
+            if loop.time() > deadline:
+                raise WeChatApiError(-1, "timed out waiting for another process's token refresh")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def _refresh(self) -> str:
+        shared = await self.kv.get(self._token_key)  # another process may have just won
+        if shared:
+            return self._remember(shared, 60.0)
+        data = await self._request(
+            "GET",
+            "/cgi-bin/token",
+            params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
+        )
+        token = str(data["access_token"])
+        ttl = max(float(data.get("expires_in", 7200)) - _TOKEN_MARGIN, 60.0)
+        await self.kv.set(self._token_key, token, ttl=ttl)
+        log.info("wechat access_token refreshed (valid %ss)", int(ttl))
+        return self._remember(token, min(ttl, 60.0))
 
     def _remember(self, token: str, seconds: float) -> str:
         self._token = token

@@ -76,27 +76,45 @@ class Conversation:
         return lock
 
     async def run(self, msg: Message, out: Out) -> None:
-        """Handle one message (after the user's earlier ones); hand items to `out` as they
-        come."""
-        async with self._lock(msg.user_id):
-            token = action_token(msg.text)
-            try:
-                if token is not None:
-                    events = await self._press(msg, token, out)
-                else:
-                    events = await _iterate(self.core.handle(msg))
-                if events is None:
-                    return
-                progress_seen: set[str] = set()
-                async for event in events:
-                    items = await self.render(msg.user_id, event, progress_seen)
-                    if items:
-                        await out(items)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("wechat: handling a message failed")
-                await out([text_item(texts.failed())])
+        """Handle one message after the user's earlier ones; hand items to `out` as they come.
+
+        A chat holds the user's turn until its answer is complete. An image request gives
+        the turn back once the core has answered (submitted, refused): the picture takes a
+        minute and the user may chat meanwhile.
+        """
+        token = action_token(msg.text)
+        drawing = token is not None or msg.text.startswith("/imagine")
+        lock = self._lock(msg.user_id)
+        await lock.acquire()
+        held = True
+        try:
+            if token is not None:
+                events = await self._press(msg, token, out)
+            else:
+                events = await _iterate(self.core.handle(msg))
+            if events is None:
+                return
+            first = True
+            async for event in events:
+                # Only a request's first progress notice is worth a message: WeChat cannot
+                # edit it, and customer-service messages are counted (45047).
+                if isinstance(event, Progress) and not first:
+                    continue
+                items = await self.render(msg.user_id, event)
+                if items:
+                    first = False
+                    await out(items)
+                    if drawing and held:
+                        lock.release()
+                        held = False
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("wechat: handling a message failed")
+            await out([text_item(texts.failed())])
+        finally:
+            if held:
+                lock.release()
 
     async def _press(self, msg: Message, token: str, out: Out) -> AsyncIterator[Event] | None:
         raw = await self.kv.get(f"wx:img:{msg.user_id}")
@@ -118,17 +136,14 @@ class Conversation:
         await out([text_item(texts.no_such_action(token))])
         return None
 
-    async def render(self, openid: str, event: Event, progress_seen: set[str]) -> list[Item]:
-        """WeChat items for one core event. WeChat cannot edit a message, so deltas are
-        skipped, and only the first progress notice of a task is sent."""
+    async def render(self, openid: str, event: Event) -> list[Item]:
+        """WeChat items for one core event (WeChat cannot edit a message: deltas are
+        skipped, the final text is what counts)."""
         if isinstance(event, FinalText):
             return [text_item(p) for p in split_text(event.text, self.text_limit) if p.strip()]
         if isinstance(event, Notice):
             return [text_item(p) for p in split_text(event.text, self.text_limit)]
         if isinstance(event, Progress):
-            if event.task_id in progress_seen:
-                return []
-            progress_seen.add(event.task_id)
             return [text_item(p) for p in split_text(event.text, self.text_limit)]
         if isinstance(event, ImageResult):
             return await self._image(openid, event)

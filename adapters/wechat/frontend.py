@@ -35,7 +35,7 @@ from adapters.wechat.delivery import (
 from adapters.wechat.endpoint import Endpoint
 from adapters.wechat.kvlock import KvLocks
 from adapters.wechat.split import MAX_TEXT_BYTES
-from bot.events import Delivery, Message
+from bot.events import Delivery, Message, Progress
 from bot.settings import Settings
 from bot.store.base import Store
 
@@ -255,7 +255,9 @@ class WeChatFrontEnd:
     async def on_delivery(self, delivery: Delivery) -> None:
         """A late event from the core (an image finished after a restart): send it now in
         customer-service mode, keep it for "1" in passive mode."""
-        items = await self.conversation.render(delivery.user_id, delivery.event, set())
+        if isinstance(delivery.event, Progress):
+            return  # progress of a resumed task: only its result is worth a message
+        items = await self.conversation.render(delivery.user_id, delivery.event)
         if not items:
             return
         if self.mode == CUSTOMER_SERVICE:
