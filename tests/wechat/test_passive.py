@@ -9,6 +9,7 @@ from tests.wechat.fake_core import FakeCore
 from tests.wechat.wechat_client import next_msg_id, text_xml, wait_for
 
 FOOTER = "reply 1 for more"
+WITH_FOOTER = "{}\n\n（回复 1 查看后续 / reply 1 for more）"
 
 
 async def test_three_tries_of_one_msgid_one_answer_one_charge(
@@ -76,7 +77,7 @@ async def test_a_new_question_while_one_is_pending_is_not_lost(
     await wait_for(both_waiting)
     one = await bot.wechat.post(text_xml(user, "1", next_msg_id()))
     two = await bot.wechat.post(text_xml(user, "1", next_msg_id()))
-    assert one is not None and one.content == f"echo: first [[wait]]\n\n（回复 1 查看后续 / {FOOTER}）"
+    assert one is not None and one.content == WITH_FOOTER.format("echo: first [[wait]]")
     assert two is not None and two.content == "echo: second"
     assert fake_core.charges[user] == 2
 
@@ -89,7 +90,7 @@ async def test_a_new_question_is_answered_while_an_old_answer_waits(
     first = await bot.wechat.post(text_xml(user, "[[long]]", next_msg_id()))
     assert first is not None and FOOTER in (first.content or "")
     second = await bot.wechat.post(text_xml(user, "short one", next_msg_id()))
-    assert second is not None and second.content == f"echo: short one\n\n（回复 1 查看后续 / {FOOTER}）"
+    assert second is not None and second.content == WITH_FOOTER.format("echo: short one")
 
 
 async def test_long_reply_is_split_and_continued_with_1(
