@@ -165,11 +165,11 @@ async def test_notify_hook_only_triggers_a_refetch(core: Core, sim: Simulator) -
 
 async def test_images_settle_once_on_every_backend(make_core: MakeCore, store_url: str) -> None:
     core = await make_core(store_url)
-    await fund(core, ACCOUNT, 5000)
+    await fund(core, ACCOUNT, 7000)
     assert of_type(await ask(core, "/imagine a quiet street"), ImageResult)
     assert not of_type(await ask(core, "/imagine a storm [[fault:fail]]"), ImageResult)
     again = await ask(core, "/imagine twice [[fault:exists]]")
     twice = await ask(core, "/imagine twice [[fault:exists]]")
     assert of_type(again, ImageResult)[0].task_id == of_type(twice, ImageResult)[0].task_id
     assert len(await captures(core, ACCOUNT)) == 2
-    assert await settled(core, ACCOUNT) == (5_000_000 - 2 * IMAGINE, 0)
+    assert await settled(core, ACCOUNT) == (7_000_000 - 2 * IMAGINE, 0)
