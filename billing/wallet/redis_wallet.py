@@ -254,6 +254,16 @@ class RedisWallet:
             key,
             int(ttl * 1_000_000),
         )
+        if reply[0] == "ok":
+            return Hold(
+                id=f"{account}~h{reply[1]}",
+                account=account,
+                amount=amount,
+                key=key,
+                status=HELD,
+                created_at=_time(reply[2]),
+                expires_at=_time(reply[3]),
+            )
         if reply[0] == "short":
             raise InsufficientCredits(account, amount, int(reply[1]))
         return _hold(account, reply[1], reply[2:])

@@ -2,7 +2,8 @@
 -- KEYS[1] {acct:ID}   KEYS[2] {acct:ID}:keys   KEYS[3] {acct:ID}:holds (zset: hold number -> expiry)
 -- ARGV[1] amount   ARGV[2] idempotency key   ARGV[3] time to live in microseconds
 -- Hold hashes live at KEYS[1] .. ":hold:" .. N (same hash tag, so the same slot).
--- Returns {"ok"|"dup", N, amount, key, status, created_us, expires_us, captured, entry}
+-- Returns {"ok", N, created_us, expires_us}
+--       | {"dup", N, amount, key, status, created_us, expires_us, captured, entry}
 --       | {"short", available}
 local function reply(tag, n)
   local h = redis.call('HMGET', KEYS[1] .. ':hold:' .. n,
@@ -27,4 +28,4 @@ redis.call('HSET', KEYS[1] .. ':hold:' .. n, 'amount', ARGV[1], 'key', ARGV[2],
 redis.call('HINCRBY', KEYS[1], 'held', ARGV[1])
 redis.call('HSET', KEYS[2], 'h:' .. ARGV[2], n)
 redis.call('ZADD', KEYS[3], expires, n)
-return {'ok', n, ARGV[1], ARGV[2], 'held', created, expires, '0', false}
+return {'ok', n, created, expires}
