@@ -5,7 +5,7 @@ source, upstream latency, errors by kind, and holds still open. The numbers are 
 they happen without touching the code that does the work:
 
 - `instrument_wallet(wallet)` wraps a wallet: captures count tokens and credits charged (from
-  the capture's meta), credits whose key starts with "code:", "wxpay:" or "stars:" count as
+  the capture's meta), credits whose key starts with "code:", "wxpay:" or "tgstars:" count as
   top-ups; everything else passes through untouched.
 - `instrument_openai(client)` / `instrument_mj(client)` wrap the upstream clients: latency to
   the first answer and errors by kind.
@@ -35,7 +35,7 @@ from prometheus_client import (
 
 log = logging.getLogger(__name__)
 
-TOPUP_PREFIXES = ("code", "wxpay", "stars")
+TOPUP_PREFIXES = ("code", "wxpay", "tgstars")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 

@@ -4,7 +4,8 @@ Read straight from the ledger (both dates inclusive, UTC):
 - per model: replies or images, input and output tokens, credits charged (capture entries and
   their meta, which is what each user can check in /usage);
 - top-ups received by source (redemption codes, WeChat Pay, Telegram Stars) and their value in
-  CNY at 10,000 credits per CNY; grants and other credits are listed apart: they are not income;
+  CNY at 10,000 credits per CNY, and credits taken back for refunded payments; grants and other
+  credits are listed apart: they are not income;
 - refunds and compensations;
 - the upstream cost at OpenAI's USD list price (billing/prices.toml, converted at its
   cny_per_usd) and the margin: credits charged, less refunds, less upstream cost. Models with
@@ -22,12 +23,12 @@ from typing import Any
 
 from billing.money import CREDITS_PER_CNY, MILLI_PER_CREDIT, format_cny, format_credits
 from billing.pricing import PriceList, UnknownModel
-from billing.wallet.base import CAPTURE, CREDIT, Wallet
+from billing.wallet.base import CAPTURE, CREDIT, DEBIT, Wallet
 from bot.cli.admin_common import all_entries, bank_command, parse_day
 from bot.settings import get_settings
 from bot.store.base import Store
 
-TOPUP_SOURCES = {"code": "redemption codes", "wxpay": "WeChat Pay", "stars": "Telegram Stars"}
+TOPUP_SOURCES = {"code": "redemption codes", "wxpay": "WeChat Pay", "tgstars": "Telegram Stars"}
 MILLION = Decimal(1_000_000)
 
 
@@ -51,6 +52,8 @@ class Report:
     other_credits: dict[str, list[int]] = field(default_factory=dict)  # reason -> [count, milli]
     refunds: int = 0  # millicredits credited back with a ref to an entry
     refund_count: int = 0
+    reversed: int = 0  # millicredits taken back from refunded payments (positive)
+    reversed_count: int = 0
     cny_per_usd: Decimal = Decimal("7.1")
 
     @property
@@ -95,6 +98,7 @@ class Report:
                 k: {"count": c, "milli": v} for k, (c, v) in self.other_credits.items()
             },
             "refunds_milli": self.refunds,
+            "reversed_milli": self.reversed,
             "charged_milli": self.charged,
             "topups_milli": self.topup_total,
             "cost_usd": str(self.cost_usd),
@@ -140,6 +144,10 @@ async def build_report(wallet: Wallet, prices: PriceList, start: datetime, end: 
                     line.cost_usd = None
                 elif line.cost_usd is not None:
                     line.cost_usd += cost
+            elif e.kind == DEBIT:
+                if e.key.startswith("reverse:"):
+                    report.reversed += -e.amount
+                    report.reversed_count += 1
             elif e.kind == CREDIT:
                 source = e.key.split(":", 1)[0]
                 if source == "link":
@@ -202,6 +210,11 @@ async def _report(wallet: Wallet, store: Store, args: argparse.Namespace) -> int
         f"  {'total':<20}{'':>6}  {format_credits(r.topup_total):>14} credits"
         f"  = {format_cny(r.topup_total)} CNY"
     )
+    if r.reversed_count:
+        print(
+            f"  {'refunded payments':<20}{r.reversed_count:>6}  "
+            f"{format_credits(-r.reversed):>14} credits taken back"
+        )
     if r.other_credits:
         print("other credits (not income)")
         for reason, (count, milli) in sorted(r.other_credits.items()):

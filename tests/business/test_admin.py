@@ -169,6 +169,10 @@ def test_report_totals_match_the_ledger(cli: Run, sqlite_url: str) -> None:
         await wallet.credit("telegram:1", 99_000_000, "code:abc", "redemption code")
         await wallet.credit("wechat:2", 99_000_000, "wxpay:cb1", "WeChat Pay top-up")
         await wallet.credit("wechat:2", 5_000, "admin:grant:x", "grant")
+        stars = await wallet.credit("telegram:3", 5_000_000, "tgstars:ch1", "Telegram Stars")
+        await wallet.debit(
+            "telegram:3", 1_000_000, "reverse:tgstars:ch1", "Stars refunded", ref=stars.id
+        )
         ids = []
         for i, (acct, model, p, c) in enumerate(
             [
@@ -207,7 +211,10 @@ def test_report_totals_match_the_ledger(cli: Run, sqlite_url: str) -> None:
     assert r["topups"] == {
         "code": {"count": 1, "milli": 99_000_000},
         "wxpay": {"count": 1, "milli": 99_000_000},
+        "tgstars": {"count": 1, "milli": 5_000_000},
     }
+    assert r["reversed_milli"] == 1_000_000
+    assert r["other_credits"] == {"grant": {"count": 1, "milli": 5_000}}
     assert r["refunds_milli"] == 1000
     # gpt-3.5-turbo at 0.50/1.50 USD per 1M, gpt-4 at 30/60, gpt-4o at its list price.
     prices = PriceList.load()
@@ -223,7 +230,7 @@ def test_report_totals_match_the_ledger(cli: Run, sqlite_url: str) -> None:
     assert r["margin_milli"] == r["charged_milli"] - 1000 - cost_milli
 
     code, out, _ = cli("report", "--from", str(today), "--to", str(today))
-    assert code == 0 and "WeChat Pay" in out and "margin" in out
+    assert code == 0 and "WeChat Pay" in out and "Telegram Stars" in out and "margin" in out
     yesterday = str(today - timedelta(days=1))
     code, out, _ = cli("report", "--from", yesterday, "--to", yesterday, "--json")
     assert json.loads(out)["charged_milli"] == 0
