@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import sys
+from datetime import UTC, datetime
 
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import Wallet
@@ -57,6 +58,8 @@ async def _create(wallet: Wallet, store: Store, args: argparse.Namespace) -> int
     amount = codes.parse_cny(args.cny) if args.cny is not None else parse_credits(args.credits)
     if amount <= 0:
         raise Refused("the value of a code must be positive")
+    if args.expires is not None and args.expires <= datetime.now(UTC):
+        raise Refused(f"--expires {args.expires:%Y-%m-%d %H:%M} UTC is already past")
     if not 0 < args.count <= 100_000:
         raise Refused("--count must be between 1 and 100000")
     made = await codes.create_codes(

@@ -112,6 +112,11 @@ def test_codes_made_sold_redeemed_listed_and_revoked(
 
     assert use(sqlite_url, redeem_revoked) == "revoked"
 
+    code, _, err = cli(
+        "codes", "create", "--credits", "5", "--count", "1", "--expires", "2020-01-01"
+    )
+    assert code == 1 and "already past" in err
+
     # No file: the CSV goes to stdout, ready to pipe.
     code, out, _ = cli("codes", "create", "--credits", "500", "--count", "2")
     assert code == 0 and out.splitlines()[0] == "code,credits,expires"
