@@ -5,8 +5,10 @@ end whose `start()` runs the sweeper that expires unpaid orders. The order logic
 signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
 SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
 
-The `WeChatPay` service is also put at `app[APP_KEY]` so the WeChat front end can create
-orders (QR code for Native pay, WeixinJSBridge parameters for JSAPI).
+The `WeChatPay` service is also put at `app[APP_KEY]`; a front end offers a top-up with
+`start_topup(pay, platform, user_id, "10", openid=...)`: a Native order's QR code PNG to send
+as an image, or (inside WeChat, with the user's openid) a link to the JSAPI pay page this
+module serves at `/wechatpay/pay/<out_trade_no>` (next to the notify path).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from billing.money import format_credits
 from bot.events import Delivery, Notice
-from bot.payments import Order, PayConfig, WeChatPay
+from bot.payments import Order, PayConfig, WeChatPay, format_fen, parse_fen, qr_png
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,73 @@ def notify_handler(pay: WeChatPay) -> Any:
     return handle
 
 
+@dataclass(frozen=True, slots=True)
+class TopupOffer:
+    """What a front end shows a user who asked to pay: a QR image or a link, and a caption."""
+
+    order: Order
+    text: str  # bilingual caption
+    qr_png: bytes | None = None  # Native: scan (or long-press in WeChat) to pay
+    pay_url: str | None = None  # JSAPI: open inside WeChat to pay
+
+
+def page_path(notify: str) -> str:
+    """Where JSAPI pay pages live: beside the notify path or URL (".../wechatpay/pay")."""
+    return notify.rstrip("/").rsplit("/", 1)[0] + "/pay"
+
+
+async def start_topup(
+    pay: WeChatPay,
+    platform: str,
+    user_id: str,
+    amount: str,
+    *,
+    chat_id: str | None = None,
+    openid: str | None = None,
+) -> TopupOffer:
+    """Create an order of `amount` CNY ("10", "9.9") for the user.
+
+    With `openid` (the user is inside WeChat, on the merchant's app id) the order is JSAPI
+    and the offer is a link to the pay page (beside WECHATPAY_NOTIFY_URL); otherwise it is a
+    Native order and the offer is a QR code PNG. Raises ValueError for a bad amount,
+    PaymentError when WeChat Pay refuses.
+    """
+    fen = parse_fen(amount)
+    credits = format_credits(fen * 100_000)
+    cny = format_fen(fen)
+    if openid:
+        order = await pay.create_order(
+            platform, user_id, fen, trade_type="JSAPI", openid=openid, chat_id=chat_id
+        )
+        url = f"{page_path(pay.config.notify_url)}/{order.out_trade_no}"
+        text = f"Pay ¥{cny} for {credits} credits: {url}\n支付 ¥{cny} 购买 {credits} 积分：{url}"
+        return TopupOffer(order, text, pay_url=url)
+    order = await pay.create_order(platform, user_id, fen, trade_type="NATIVE", chat_id=chat_id)
+    assert order.code_url is not None
+    minutes = pay.config.order_ttl // 60
+    text = (
+        f"Scan with WeChat to pay ¥{cny} for {credits} credits (valid {minutes} min).\n"
+        f"请用微信扫码支付 ¥{cny}，购买 {credits} 积分（{minutes} 分钟内有效）。"
+    )
+    return TopupOffer(order, text, qr_png=qr_png(order.code_url))
+
+
+def page_handler(pay: WeChatPay) -> Any:
+    """GET the JSAPI pay page of one order (only the payer's openid can pay it anyway)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        order = await pay.get_order(request.match_info["order"])
+        if order is None or order.trade_type != "JSAPI":
+            return web.Response(status=404, text="no such order / 订单不存在")
+        return web.Response(
+            text=pay.jsapi_page(order),
+            content_type="text/html",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return handle
+
+
 def _tell_user(core: Any) -> Any:
     """Tell the payer their credits arrived, through the core's sink for their platform."""
     deliver = getattr(core, "deliver", None) or getattr(core, "_deliver", None)
@@ -113,4 +183,5 @@ def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd
     pay = WeChatPay(config, core.kv, core.credit_payment, on_paid=_tell_user(core))
     app[APP_KEY] = pay
     app.router.add_post(settings.wechatpay_notify_path, notify_handler(pay))
+    app.router.add_get(page_path(settings.wechatpay_notify_path) + "/{order}", page_handler(pay))
     return WeChatPayFrontEnd(pay)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import io
 import json
 import logging
@@ -278,6 +279,63 @@ def qr_png(text: str) -> bytes:
     return out.getvalue()
 
 
+MIN_FEN = 1
+MAX_FEN = 500_000  # 5,000 CNY per order
+
+
+def parse_fen(text: str) -> int:
+    """A CNY amount as people type it ("10", "9.9", "¥0.5") to fen, exactly; ValueError else."""
+    cleaned = text.strip().lstrip("¥￥").removesuffix("元").removesuffix("CNY").strip()
+    whole, _, frac = cleaned.partition(".")
+    if (
+        not whole.isascii()
+        or not whole.isdigit()
+        or (frac and (not frac.isascii() or not frac.isdigit() or len(frac) > 2))
+    ):
+        raise ValueError(f"not an amount in CNY (up to 2 decimals): {text!r}")
+    fen = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
+    if not MIN_FEN <= fen <= MAX_FEN:
+        raise ValueError(f"the amount must be between 0.01 and {MAX_FEN // 100} CNY")
+    return fen
+
+
+def format_fen(fen: int) -> str:
+    """990 -> "9.90"."""
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>充值 Top up</title></head>
+<body style="font-family:sans-serif;text-align:center;padding:2em">
+<h2>¥{cny}</h2><p>{credits} 积分 / credits</p>
+<p id="state">{state}</p>
+{button}
+<script>
+var params = {params};
+function pay() {{
+  if (!params || typeof WeixinJSBridge === "undefined") {{
+    document.getElementById("state").textContent =
+      "请在微信中打开此页面 / Please open this page in WeChat";
+    return;
+  }}
+  WeixinJSBridge.invoke("getBrandWCPayRequest", params, function (res) {{
+    document.getElementById("state").textContent =
+      res.err_msg === "get_brand_wcpay_request:ok"
+        ? "支付成功，积分即将到账 / Paid: your credits are on their way"
+        : "未完成支付 / Payment not completed";
+  }});
+}}
+if (params) {{
+  if (typeof WeixinJSBridge === "undefined") {{
+    document.addEventListener("WeixinJSBridgeReady", pay, false);
+  }} else {{ pay(); }}
+}}
+</script></body></html>
+"""
+
+
 class WeChatPay:
     """Orders and notifications for one merchant account.
 
@@ -478,6 +536,24 @@ class WeChatPay:
             params["signType"] = cfg.sign_type
             params["paySign"] = sign_v2(params, cfg.api_key, cfg.sign_type)
         return params
+
+    def jsapi_page(self, order: Order) -> str:
+        """The page a WeChat user opens to pay a JSAPI order (WeixinJSBridge), in zh and en."""
+        if order.status == "paid":
+            state, params = "已支付 / Already paid", None
+        elif order.status == "expired" or datetime.fromisoformat(order.expires_at) <= _now():
+            state, params = "订单已过期 / This order has expired", None
+        else:
+            state, params = "正在打开微信支付… / Opening WeChat Pay…", self.jsapi_params(order)
+        button = '<p><button onclick="pay()">支付 Pay</button></p>' if params else ""
+        data = json.dumps(params).replace("<", "\\u003c")  # nothing can close the script
+        return _PAGE.format(
+            cny=format_fen(order.fen),
+            credits=order.fen * 100,
+            state=html.escape(state),
+            button=button,
+            params=data,
+        )
 
     async def expire_orders(self, now: datetime | None = None) -> int:
         """Mark unpaid orders past their time as expired; returns how many."""

@@ -23,7 +23,7 @@ from aiohttp import web
 from adapters import wechatpay as adapter
 from billing.wallet.base import Entry
 from bot.events import Delivery, Notice
-from bot.payments import WeChatPay, qr_png, sign_v2, verify_v3
+from bot.payments import WeChatPay, parse_fen, qr_png, sign_v2, verify_v3
 from bot.settings import Settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank
@@ -312,3 +312,54 @@ def test_qr_png_is_a_png() -> None:
     data = qr_png("weixin://wxpay/bizpayurl?pr=abc")
     assert data.startswith(b"\x89PNG")
     assert png.Reader(file=io.BytesIO(data)).read()[0] > 0
+
+
+# --- offering a top-up ----------------------------------------------------------------------
+
+
+def test_amounts_are_typed_in_cny_and_kept_in_fen() -> None:
+    assert [parse_fen(t) for t in ("10", "9.9", "0.01", "¥5", "12.34元")] == [
+        1000,
+        990,
+        1,
+        500,
+        1234,
+    ]
+    for bad in ("0", "0.001", "-1", "abc", "1e3", "10,5", "１０", "999999"):
+        with pytest.raises(ValueError):
+            parse_fen(bad)
+
+
+async def test_native_offer_is_a_qr_code_with_a_bilingual_caption(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        offer = await adapter.start_topup(shop.pay, "telegram", "7", "9.9", chat_id="-100")
+        assert offer.order.trade_type == "NATIVE" and offer.order.fen == 990
+        assert offer.qr_png is not None and offer.qr_png.startswith(b"\x89PNG")
+        assert "¥9.90" in offer.text and "99000 credits" in offer.text and "积分" in offer.text
+        await shop.notify(fake.notify_v2(offer.order.out_trade_no, 990))
+        assert (await sqlite_bank.wallet.balance("wechat:7")).total == 0
+        assert (await sqlite_bank.wallet.balance("telegram:7")).total == 990 * MILLI_PER_FEN
+        [told] = shop.core.delivered
+        assert (told.platform, told.chat_id) == ("telegram", "-100")
+
+
+async def test_jsapi_offer_links_to_a_pay_page_inside_wechat(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        offer = await adapter.start_topup(shop.pay, "wechat", "o42", "1", openid="o42")
+        otn = offer.order.out_trade_no
+        assert offer.pay_url == f"https://bot.example.com/wechatpay/pay/{otn}"
+        page_url = shop.notify_url.rsplit("/", 1)[0] + f"/pay/{otn}"
+        page = await shop.http.get(page_url)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "getBrandWCPayRequest" in page.text
+        assert f"prepay_id={offer.order.prepay_id}" in page.text
+
+        await shop.notify(fake.notify_v2(otn, 100))
+        page = await shop.http.get(page_url)
+        assert "Already paid" in page.text and "prepay_id" not in page.text
+        missing = await shop.http.get(shop.notify_url.rsplit("/", 1)[0] + "/pay/nope")
+        assert missing.status_code == 404
