@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from billing.wallet import sql_pg
 from billing.wallet.base import (
     CAPTURE,
     CAPTURED,
@@ -161,6 +162,8 @@ class SqlWallet:
 
     def _build_statements(self) -> None:
         insert = sqlite.insert if self._sqlite else postgresql.insert
+        self._pg_hold = None if self._sqlite else sql_pg.hold_statement()
+        self._pg_capture = None if self._sqlite else sql_pg.capture_statement(CAPTURE_KEY_PREFIX)
         self._ins_entry = (
             insert(entries).on_conflict_do_nothing(index_elements=["key"]).returning(entries.c.id)
         )
@@ -345,6 +348,20 @@ class SqlWallet:
 
         def tx(conn: Connection) -> Hold:
             now = datetime.now(UTC)
+            if self._pg_hold is not None:
+                params = {
+                    "p_acct": account,
+                    "p_amt": amount,
+                    "p_key": key,
+                    "p_now": now,
+                    "p_exp": now + span,
+                }
+                new_id, ok = conn.execute(self._pg_hold, params).one()
+                if new_id is None:
+                    return _hold((conn.execute(self._hold_by_key, {"p_key": key})).one())
+                if ok is None:
+                    self._insufficient(conn, account, amount)
+                return Hold(str(new_id), account, amount, key, HELD, now, now + span)
             row = {
                 "account": account,
                 "amount": amount,
@@ -388,6 +405,29 @@ class SqlWallet:
 
         def tx(conn: Connection) -> Entry | _Deferred:
             now = datetime.now(UTC)
+            if self._pg_capture is not None:
+                params = {
+                    "p_id": hid,
+                    "p_now": now,
+                    "p_amt": amount,
+                    "p_reason": reason or "capture",
+                    "p_ref": str(hid),
+                    "p_meta": meta or None,
+                }
+                got = conn.execute(self._pg_capture, params).first()
+                if got is None:
+                    return self._refuse_capture(conn, hid, amount, now)
+                return Entry(
+                    id=str(got.id),
+                    account=got.account,
+                    kind=CAPTURE,
+                    amount=-amount,
+                    key=CAPTURE_KEY_PREFIX + got.key,
+                    reason=reason or "capture",
+                    created_at=now,
+                    ref=str(hid),
+                    meta=meta,
+                )
             done = (
                 conn.execute(self._capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
             ).first()
