@@ -49,7 +49,7 @@ PASSIVE = "passive"
 class PassiveTiming:
     """WeChat's clock for passive replies (tests shrink it)."""
 
-    window: float = 4.5  # the last try answers within this
+    window: float = 4.0  # the last try answers within this (1 s left for the way back)
     hold: float = 5.5  # earlier tries wait this long: past WeChat's 5 s, so it retries
     tries: int = 3  # WeChat's tries per MsgId
     fetch_wait: float = 4.0  # how long a "1" waits for an answer that is on its way

@@ -24,7 +24,7 @@ from tests.wechat.wechat_client import WeChatServer
 TOKEN = "wechat-test-token"
 APPID = "wxfake"
 # Short WeChat clock for tests: the client gives up after CLIENT_TIMEOUT, as WeChat after 5 s.
-TIMING = PassiveTiming(window=1.0, hold=1.6, tries=3, fetch_wait=0.8)
+TIMING = PassiveTiming(window=0.8, hold=1.6, tries=3, fetch_wait=0.8)
 CLIENT_TIMEOUT = 1.3
 
 
