@@ -21,7 +21,7 @@ from typing import Any
 from billing.money import format_credits, format_decimal
 from billing.pricing import ModelPrice, UnknownModel
 from billing.tokens import count_text
-from billing.wallet.base import HELD, HoldNotActive, InsufficientCredits
+from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
 from bot.context import Request, Services
 from bot.conversations import Prompt, TooLong, fit
 from bot.events import Event, FinalText, Notice, TextDelta
@@ -108,25 +108,9 @@ class ChatFlow:
             )
             return
 
-        balance = await s.wallet.balance(req.account)
-        max_reply = min(
-            settings.max_reply_tokens,
-            context - prompt.tokens,
-            price.max_completion_tokens(max(balance.available, 0), prompt.tokens),
-        )
-        if max_reply < settings.min_reply_tokens:
-            yield self._insufficient(req, model, price, prompt, balance.available)
-            return
-        amount = price.chat_cost(prompt.tokens, max_reply)
-        try:
-            hold = await s.wallet.hold(
-                req.account,
-                amount,
-                f"chat:{req.platform}:{req.message_id}",
-                ttl=settings.hold_ttl_seconds,
-            )
-        except InsufficientCredits as exc:  # spent elsewhere since the balance was read
-            yield self._insufficient(req, model, price, prompt, exc.available)
+        hold, max_reply, available = await self._hold(req, price, prompt, context)
+        if hold is None:
+            yield self._insufficient(req, model, price, prompt, available)
             return
         if hold.status != HELD:
             log.info(
@@ -157,6 +141,36 @@ class ChatFlow:
                 t("stream_cut", req.lang, credits=format_credits(out.charged)), kind="info"
             )
         yield FinalText(out.text, stopped=out.stopped)
+
+    async def _hold(
+        self, req: Request, price: ModelPrice, prompt: Prompt, context: int
+    ) -> tuple[Hold | None, int, int]:
+        """Hold the prompt + the longest reply the balance pays for: (hold, max reply, available).
+
+        The first try asks for the longest reply without reading the balance (the common case
+        costs one wallet call); a refusal says what is available, and the reply is capped to it.
+        A refused hold leaves no trace under its key, so the capped try reuses the key and a
+        replayed message still cannot hold twice.
+        """
+        settings = self.s.settings
+        longest = min(settings.max_reply_tokens, context - prompt.tokens)
+        max_reply = longest
+        available = 0
+        for _ in range(3):
+            if max_reply < settings.min_reply_tokens:
+                break
+            try:
+                hold = await self.s.wallet.hold(
+                    req.account,
+                    price.chat_cost(prompt.tokens, max_reply),
+                    f"chat:{req.platform}:{req.message_id}",
+                    ttl=settings.hold_ttl_seconds,
+                )
+                return hold, max_reply, available
+            except InsufficientCredits as exc:
+                available = max(exc.available, 0)
+                max_reply = min(longest, price.max_completion_tokens(available, prompt.tokens))
+        return None, 0, available
 
     async def _stream(
         self,
