@@ -224,15 +224,16 @@ class RedisWallet:
             _body(account, kind, signed, reason, ref, meta, key=key),
             "1" if signed < 0 else "0",
         )
-        if reply[0] == "ok":  # the script sends back only what Python does not know
+        if type(reply) is str:  # "N:ts": the script sends back only what Python does not know
+            n, ts = reply.split(":")
             return Entry(
-                id=f"{account}~{reply[1]}",
+                id=f"{account}~{n}",
                 account=account,
                 kind=kind,
                 amount=signed,
                 key=key,
                 reason=reason,
-                created_at=_time(reply[2]),
+                created_at=_time(ts),
                 ref=ref,
                 meta=dict(meta) if meta else {},
             )
@@ -254,15 +255,16 @@ class RedisWallet:
             key,
             int(ttl * 1_000_000),
         )
-        if reply[0] == "ok":
+        if type(reply) is str:  # "N:created:expires"
+            n, created, expires = reply.split(":")
             return Hold(
-                id=f"{account}~h{reply[1]}",
+                id=f"{account}~h{n}",
                 account=account,
                 amount=amount,
                 key=key,
                 status=HELD,
-                created_at=_time(reply[2]),
-                expires_at=_time(reply[3]),
+                created_at=_time(created),
+                expires_at=_time(expires),
             )
         if reply[0] == "short":
             raise InsufficientCredits(account, amount, int(reply[1]))
@@ -294,19 +296,20 @@ class RedisWallet:
             f"{account}~",
             _body(account, CAPTURE, -amount, reason, hold_id, meta),
         )
-        status = reply[0]
-        if status == "ok":
+        if type(reply) is str:  # "N:ts:hold key"
+            number, ts, hold_key = reply.split(":", 2)
             return Entry(
-                id=f"{account}~{reply[1]}",
+                id=f"{account}~{number}",
                 account=account,
                 kind=CAPTURE,
                 amount=-amount,
-                key=CAPTURE_KEY_PREFIX + reply[3],
+                key=CAPTURE_KEY_PREFIX + hold_key,
                 reason=reason,
-                created_at=_time(reply[2]),
+                created_at=_time(ts),
                 ref=hold_id,
                 meta=dict(meta) if meta else {},
             )
+        status = reply[0]
         if status == "dup":
             return _entry(reply[1])
         if status == "missing":

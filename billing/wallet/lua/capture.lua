@@ -2,7 +2,7 @@
 -- KEYS[1] {acct:ID}   KEYS[2] {acct:ID}:hold:N   KEYS[3] {acct:ID}:holds   KEYS[4] {acct:ID}:ledger
 -- ARGV[1] amount (>= 0)   ARGV[2] N   ARGV[3] entry id prefix ("ID~")
 -- ARGV[4] the entry's JSON after its opening brace (id, ts and key are put in front here)
--- Returns {"ok", N, ts_us, hold key} | {"dup", json} | {"missing"} | {"inactive", status} | {"over", held}
+-- Returns "N:ts_us:hold key" | {"dup", json} | {"missing"} | {"inactive", status} | {"over", held}
 local h = redis.call('HMGET', KEYS[2], 'status', 'amount', 'expires', 'entry', 'key')
 local status = h[1]
 if not status then
@@ -36,4 +36,4 @@ end
 redis.call('HINCRBY', KEYS[1], 'held', -tonumber(h[2]))
 redis.call('HSET', KEYS[2], 'status', 'captured', 'captured', ARGV[1], 'entry', n)
 redis.call('ZREM', KEYS[3], ARGV[2])
-return {'ok', n, now, h[5]}
+return n .. ':' .. now .. ':' .. h[5]

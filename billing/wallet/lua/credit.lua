@@ -2,7 +2,7 @@
 -- KEYS[1] {acct:ID} (hash: total, held, seq, hseq)   KEYS[2] {acct:ID}:keys   KEYS[3] {acct:ID}:ledger
 -- ARGV[1] signed amount   ARGV[2] idempotency key   ARGV[3] entry id prefix ("ID~")
 -- ARGV[4] the entry's JSON after its opening brace   ARGV[5] "1" to refuse past available
--- Returns {"ok", N, ts_us} | {"dup", json} | {"short", available}
+-- Returns "N:ts_us" | {"dup", json} | {"short", available}
 local known = redis.call('HGET', KEYS[2], 'e:' .. ARGV[2])
 if known then
   return {'dup', redis.call('XRANGE', KEYS[3], known, known)[1][2][2]}
@@ -21,4 +21,4 @@ local json = '{"id":' .. cjson.encode(ARGV[3] .. n) .. ',"ts":' .. ts .. ',' .. 
 redis.call('XADD', KEYS[3], n .. '-0', 'entry', json)
 redis.call('HINCRBY', KEYS[1], 'total', ARGV[1])
 redis.call('HSET', KEYS[2], 'e:' .. ARGV[2], n)
-return {'ok', n, ts}
+return n .. ':' .. ts

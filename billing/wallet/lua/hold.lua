@@ -2,7 +2,7 @@
 -- KEYS[1] {acct:ID}   KEYS[2] {acct:ID}:keys   KEYS[3] {acct:ID}:holds (zset: hold number -> expiry)
 -- ARGV[1] amount   ARGV[2] idempotency key   ARGV[3] time to live in microseconds
 -- Hold hashes live at KEYS[1] .. ":hold:" .. N (same hash tag, so the same slot).
--- Returns {"ok", N, created_us, expires_us}
+-- Returns "N:created_us:expires_us" (one string: the common answer, cheapest to parse)
 --       | {"dup", N, amount, key, status, created_us, expires_us, captured, entry}
 --       | {"short", available}
 local function reply(tag, n)
@@ -28,4 +28,4 @@ redis.call('HSET', KEYS[1] .. ':hold:' .. n, 'amount', ARGV[1], 'key', ARGV[2],
 redis.call('HINCRBY', KEYS[1], 'held', ARGV[1])
 redis.call('HSET', KEYS[2], 'h:' .. ARGV[2], n)
 redis.call('ZADD', KEYS[3], expires, n)
-return {'ok', n, created, expires}
+return n .. ':' .. created .. ':' .. expires
