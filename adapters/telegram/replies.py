@@ -8,6 +8,7 @@ retries are handled in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -49,8 +50,9 @@ class Replier:
                 await self.feed(event)
         except Exception:
             log.exception("reply to chat %s failed", self.target.chat_id)
-            await self.close()
-            await self._say(tr("failed", self.target.language))
+            with contextlib.suppress(TelegramAPIError):
+                await self.close()
+                await self._say(tr("failed", self.target.language))
             return
         await self.close()
 

@@ -273,3 +273,34 @@ async def test_a_redelivered_update_is_processed_once(fake_api, fake_core, sqlit
         await fe.stop()
     assert len(fake_core.seen) == 1
     assert fake_api.texts() == ["once"]
+
+
+async def test_an_image_finished_after_a_restart_reaches_its_chat(
+    fake_api, fake_core, sqlite_url
+) -> None:
+    from bot.events import Action, Delivery, ImageResult
+
+    fe = make_frontend(fake_core, make_settings(fake_api, sqlite_url))
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    result = ImageResult(
+        task_id="t1",
+        url=fake_api.image_url("t1.png", png),
+        caption="**a fox** <script>",
+        actions=(Action("U1", "mj:t1:U1"), Action("V1", "mj:t1:V1"), Action("🔄", "mj:t1:REROLL")),
+    )
+    try:
+        await fe.start()
+        assert fake_core.sink is not None
+        await fake_core.sink(Delivery("telegram", str(u.ALICE), str(u.ALICE), result))
+    finally:
+        await fe.stop()
+    [photo] = fake_api.calls_to("sendPhoto")
+    [(_, data)] = photo.files.values()
+    assert data == png
+    assert photo.params["caption"] == "<b>a fox</b> &lt;script&gt;"
+    rows = photo.json("reply_markup")["inline_keyboard"]
+    assert [[b["callback_data"] for b in row] for row in rows] == [
+        ["mj:t1:U1"],
+        ["mj:t1:V1"],
+        ["mj:t1:REROLL"],
+    ]
