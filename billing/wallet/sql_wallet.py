@@ -8,9 +8,12 @@ enforces the rules without row locks that SQLite lacks:
   moves exactly once, and a capture also requires `expires_at > now`;
 - idempotency keys are UNIQUE: `INSERT ... ON CONFLICT (key) DO NOTHING` finds a replay, which
   then returns the first result and changes nothing.
-The ledger row and the balance change are written in the same transaction. On SQLite, writes
-in one process go through one lock (no pointless lock fights) and start with BEGIN IMMEDIATE;
-other processes wait on busy_timeout, and a leftover "database is locked" is retried.
+The ledger row and the balance change are written in the same transaction. On a SQLite file,
+a process's writes run on one writer thread that group-commits whatever is waiting (sql_batch),
+each transaction opened with BEGIN IMMEDIATE; other processes wait on busy_timeout, and a
+leftover "database is locked" is retried. On PostgreSQL a hold and a capture are one statement
+each (sql_pg). Every transaction is written as plain blocking Core code and run on the writer
+thread (SQLite) or through `AsyncConnection.run_sync` on asyncpg (PostgreSQL).
 """
 
 from __future__ import annotations

@@ -304,3 +304,27 @@ async def test_concurrent_replays_of_one_key_hold_once(wallet: Wallet) -> None:
     captures = await asyncio.gather(*(wallet.capture(results[0].id, 600) for _ in range(20)))
     assert len({e.id for e in captures}) == 1
     assert await wallet.balance(acct) == Balance(acct, 9_400, 0)
+
+
+async def test_capture_racing_void_settles_each_hold_once(wallet: Wallet) -> None:
+    acct = await funded(wallet, 100_000)
+    hs = [await wallet.hold(acct, 1_000, key(), 60) for _ in range(20)]
+    results = await asyncio.gather(
+        *(op for h in hs for op in (wallet.capture(h.id, 300), wallet.void(h.id))),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, Exception) or isinstance(r, HoldNotActive) for r in results)
+    captured = [h for h in hs if (await wallet.get_hold(h.id)).status == CAPTURED]
+    b = await wallet.balance(acct)
+    assert b.held == 0
+    assert b.total == 100_000 - 300 * len(captured) == await ledger_sum(wallet, acct)
+
+
+async def test_concurrent_sweeps_release_each_hold_once(wallet: Wallet) -> None:
+    acct = await funded(wallet, 10_000)
+    for _ in range(10):
+        await wallet.hold(acct, 500, key(), 0.2)
+    await asyncio.sleep(0.3)
+    counts = await asyncio.gather(*(wallet.sweep() for _ in range(5)))
+    assert sum(counts) == 10
+    assert await wallet.balance(acct) == Balance(acct, 10_000, 0)
