@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from weakref import WeakValueDictionary
 
 from adapters.wechat.api import KEEP_FOR_LATER, WeChatApi, WeChatApiError
 from adapters.wechat.kvlock import KvLocks
@@ -46,6 +47,7 @@ class Item:
 
 
 EMPTY = Item("empty")
+GAVE_UP = Item("gave_up")  # the last try answered "reply 1": the answer goes to the outbox
 
 
 def text_item(text: str) -> Item:
@@ -121,24 +123,32 @@ class CustomerService:
         self.api = api
         self.outbox = outbox
         self.locks = locks
+        self._users: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+
+    def _local(self, openid: str) -> asyncio.Lock:
+        lock = self._users.get(openid)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._users[openid] = lock
+        return lock
 
     async def deliver(self, openid: str, items: list[Item]) -> None:
         """Send whatever was kept for the user, then `items`, in order; keep the rest on 45015
-        / 45047 or when WeChat cannot be reached."""
-        async with self.locks.hold(f"user:{openid}"):
-            queue = [*await self.outbox.load(openid), *items]
-            sent = 0
-            try:
-                for item in queue:
-                    await self._send(openid, item)
-                    sent += 1
-            except WeChatApiError as exc:
-                if exc.errcode in KEEP_FOR_LATER or exc.errcode < 0:
-                    log.info("wechat: kept %d message(s) for later (%s)", len(queue) - sent, exc)
-                else:
-                    log.warning("wechat: dropped %d message(s): %s", len(queue) - sent, exc)
-                    sent = len(queue)
-            await self.outbox.save(openid, queue[sent:])
+        / 45047 or when WeChat cannot be reached.
+
+        The common case (nothing kept) sends without touching the shared lock; the outbox is
+        read and rewritten only under it.
+        """
+        async with self._local(openid):
+            if not await self.outbox.load(openid):
+                rest = await self._send_all(openid, items)
+                if rest:
+                    async with self.locks.hold(f"user:{openid}"):
+                        await self.outbox.push(openid, rest)
+                return
+            async with self.locks.hold(f"user:{openid}"):
+                queue = [*await self.outbox.load(openid), *items]
+                await self.outbox.save(openid, await self._send_all(openid, queue))
 
     async def flush(self, openid: str) -> bool:
         """Deliver what was kept (the user just wrote: the window is open again). True if
@@ -148,15 +158,30 @@ class CustomerService:
         await self.deliver(openid, [])
         return True
 
-    async def _send(self, openid: str, item: Item) -> None:
-        if item.kind == "text":
-            await self.api.send_text(openid, item.text)
-        elif item.kind == "image":
-            await self.api.send_image(openid, item.media_id)
+    async def _send_all(self, openid: str, queue: list[Item]) -> list[Item]:
+        """Send in order; return what must be kept for later."""
+        for sent, item in enumerate(queue):
+            try:
+                if item.kind == "text":
+                    await self.api.send_text(openid, item.text)
+                elif item.kind == "image":
+                    await self.api.send_image(openid, item.media_id)
+            except WeChatApiError as exc:
+                left = len(queue) - sent
+                if exc.errcode in KEEP_FOR_LATER or exc.errcode < 0:
+                    log.info("wechat: kept %d message(s) for later (%s)", left, exc)
+                    return queue[sent:]
+                log.warning("wechat: dropped %d message(s): %s", left, exc)
+                return []
+        return []
 
 
 class Answers:
-    """Passive mode: the item answering each MsgId, agreed once for all its retries."""
+    """Passive mode: the item answering each MsgId, agreed once for all its retries.
+
+    The answer key is claimed atomically (`add`), by the work's first item or by the last
+    try giving up, whichever comes first; what loses goes to the outbox.
+    """
 
     def __init__(self, kv: Store, outbox: Outbox, locks: KvLocks) -> None:
         self.kv = kv
@@ -164,21 +189,23 @@ class Answers:
         self.locks = locks
         self._ready: dict[str, asyncio.Event] = {}
 
+    async def _claim(self, key: str, item: Item) -> bool:
+        payload = json.dumps(item.dump(), ensure_ascii=False)
+        return await self.kv.add(f"wx:ans:{key}", payload, ttl=ANSWER_TTL)
+
     async def offer(self, key: str, openid: str, items: list[Item]) -> None:
-        """The first item answers the request (unless its last retry already gave up);
+        """The first item answers the request (unless its last try already gave up);
         everything else waits in the outbox for "1"."""
         if not items:
             return
-        async with self.locks.hold(f"user:{openid}"):
-            rest = items
-            if await self.kv.get(f"wx:ans:{key}") is None and not await self.kv.get(
-                f"wx:giveup:{key}"
-            ):
-                await self.kv.set(
-                    f"wx:ans:{key}", json.dumps(items[0].dump(), ensure_ascii=False), ANSWER_TTL
-                )
-                rest = items[1:]
-            await self.outbox.push(openid, [i for i in rest if i.kind != "empty"])
+        if len(items) == 1:  # the usual case: one claim, no lock
+            if not await self._claim(key, items[0]) and items[0].kind != "empty":
+                async with self.locks.hold(f"user:{openid}"):
+                    await self.outbox.push(openid, items)
+        else:  # the rest must be in the outbox before a try renders "reply 1 for more"
+            async with self.locks.hold(f"user:{openid}"):
+                rest = items[1:] if await self._claim(key, items[0]) else items
+                await self.outbox.push(openid, [i for i in rest if i.kind != "empty"])
         event = self._ready.get(key)
         if event is not None:
             event.set()
@@ -213,11 +240,10 @@ class Answers:
             if self._ready.get(key) is event:  # other waiters of this key fall back to polling
                 self._ready.pop(key, None)
 
-    async def give_up(self, key: str, openid: str) -> Item | None:
-        """WeChat's last try is ending: take the answer if it just arrived, else mark the
-        request so its answer goes to the outbox."""
+    async def give_up(self, key: str, openid: str) -> Item:
+        """WeChat's last try is ending: take the answer if it just arrived, else claim the
+        request as given up (GAVE_UP), so its answer goes to the outbox."""
         async with self.locks.hold(f"user:{openid}"):
-            item = await self.get(key)
-            if item is None:
-                await self.kv.set(f"wx:giveup:{key}", "1", ttl=ANSWER_TTL)
-            return item
+            if await self._claim(key, GAVE_UP):
+                return GAVE_UP
+            return await self.get(key) or GAVE_UP

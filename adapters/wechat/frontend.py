@@ -25,6 +25,7 @@ from adapters.wechat import texts
 from adapters.wechat.api import WeChatApi
 from adapters.wechat.conversation import PLATFORM, Conversation, command_text
 from adapters.wechat.delivery import (
+    GAVE_UP,
     Answers,
     Busy,
     CustomerService,
@@ -71,12 +72,12 @@ class WeChatFrontEnd:
         self.settings = settings
         self.mode = PASSIVE if settings.wechat_mode.strip().lower() == PASSIVE else CUSTOMER_SERVICE
         self.timing = timing or PassiveTiming()
-        self.language = language or getattr(settings, "wechat_language", "") or "zh"
+        self.language = language or settings.wechat_language or "zh"
         self.dedupe_ttl = float(settings.dedupe_ttl_seconds)
         self._kv_given = kv
         self._own_kv: Store | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ready = False
+        self._started = asyncio.Event()
         self.endpoint = Endpoint(
             settings.wechat_token,
             self.on_callback,
@@ -84,6 +85,8 @@ class WeChatFrontEnd:
             aes_key=settings.wechat_aes_key,
         )
         self._wire(kv or core.kv)
+        # The core may resume a finished image before start(): take it now, send it once started.
+        core.set_sink(PLATFORM, self.on_delivery)
 
     def _wire(self, kv: Store) -> None:
         self.kv = kv
@@ -114,14 +117,12 @@ class WeChatFrontEnd:
             self._own_kv = await open_store(self.settings.redis_url)
             await self.api.close()
             self._wire(self._own_kv)
-        self.core.set_sink(PLATFORM, self.on_delivery)
-        self._ready = True
+        self._started.set()
         log.info("wechat: front end ready (%s mode)", self.mode)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let running work finish for a moment, then cancel it (holds are voided by the
         core); replies already decided stay in the Store."""
-        self._ready = False
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -138,8 +139,14 @@ class WeChatFrontEnd:
 
     # --- callbacks -----------------------------------------------------------------------
 
+    async def _until_started(self) -> None:
+        """Callbacks and deliveries that come in the moment before start() wait for it."""
+        if not self._started.is_set():
+            await asyncio.wait_for(self._started.wait(), timeout=30.0)
+
     async def on_callback(self, wx: BaseMessage) -> BaseReply | None:
         """One verified, decrypted callback: the passive reply, or None for "success"."""
+        await self._until_started()
         openid = str(wx.source)
         if wx.type == "event":
             return await self._event(wx)
@@ -191,18 +198,17 @@ class WeChatFrontEnd:
     # --- passive mode ----------------------------------------------------------------------
 
     async def _passive(self, wx: BaseMessage, msg: Message, key: str) -> BaseReply | None:
-        first = await self.kv.add(f"wx:seen:{key}", "1", ttl=self.dedupe_ttl)
         tries = await self.kv.incr(f"wx:tries:{key}", ttl=self.dedupe_ttl)
-        if first:
+        if tries == 1:  # the first try starts the work; every try waits for its answer
             self._spawn(self._passive_job(msg, key))
         last = tries >= self.timing.tries
         item = await self.answers.wait(key, self.timing.window if last else self.timing.hold)
         if item is None and last:
             item = await self.answers.give_up(key, msg.user_id)
-            if item is None:
-                return TextReply(message=wx, content=texts.still_working())
         if item is None:
             return None  # WeChat stopped listening already and retries
+        if item is GAVE_UP or item.kind == GAVE_UP.kind:
+            return TextReply(message=wx, content=texts.still_working())
         return await self._answer(wx, msg.user_id, key, item)
 
     async def _answer(self, wx: BaseMessage, openid: str, key: str, item: Item) -> BaseReply | None:
@@ -255,6 +261,7 @@ class WeChatFrontEnd:
     async def on_delivery(self, delivery: Delivery) -> None:
         """A late event from the core (an image finished after a restart): send it now in
         customer-service mode, keep it for "1" in passive mode."""
+        await self._until_started()
         if isinstance(delivery.event, Progress):
             return  # progress of a resumed task: only its result is worth a message
         items = await self.conversation.render(delivery.user_id, delivery.event)

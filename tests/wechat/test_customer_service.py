@@ -44,7 +44,7 @@ async def test_refused_reply_is_kept_for_the_next_message(
     bot = await start_bot(fake_core, mode="customer_service")
     fake_wechat.fail_sends(errcode)
     await bot.wechat.post(text_xml("o-quiet", "first", next_msg_id()))
-    await wait_for(lambda: fake_wechat.refused)
+    await wait_for(lambda: bot.front.outbox.load("o-quiet"))
     assert fake_wechat.texts_to("o-quiet") == []
     await bot.wechat.post(text_xml("o-quiet", "second", next_msg_id()))
     await wait_for(lambda: len(fake_wechat.texts_to("o-quiet")) == 2)
@@ -58,7 +58,7 @@ async def test_1_fetches_what_was_kept_without_asking_the_model(
     bot = await start_bot(fake_core, mode="customer_service")
     fake_wechat.fail_sends(45015)
     await bot.wechat.post(text_xml("o-one", "question", next_msg_id()))
-    await wait_for(lambda: fake_wechat.refused)
+    await wait_for(lambda: bot.front.outbox.load("o-one"))
     await bot.wechat.post(text_xml("o-one", "1", next_msg_id()))
     await wait_for(lambda: fake_wechat.texts_to("o-one"))
     await bot.front.stop()
@@ -72,7 +72,7 @@ async def test_restart_with_a_kept_reply(
     first = await start_bot(fake_core, mode="customer_service")
     fake_wechat.fail_sends(45047)
     await first.wechat.post(text_xml("o-rs", "before restart", next_msg_id()))
-    await wait_for(lambda: fake_wechat.refused)
+    await wait_for(lambda: first.front.outbox.load("o-rs"))
     await first.close()
 
     second = await start_bot(fake_core, mode="customer_service")
