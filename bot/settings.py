@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     wechat_api_base: str = "https://api.weixin.qq.com"
     wechat_path: str = "/wechat"
     wechat_trial_credits: int = 0
+    wechat_language: str = "zh"  # language of core messages to WeChat users (zh or en)
     redis_url: str = ""
 
     # --- WeChat Pay ------------------------------------------------------------------------------
