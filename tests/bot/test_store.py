@@ -12,6 +12,9 @@ import pytest
 from bot.store import open_store
 from bot.store.base import Store
 
+# Long enough that a busy machine does not expire a key between two calls, short enough to wait.
+TTL = 0.6
+
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
@@ -39,19 +42,19 @@ async def test_values_are_kept_until_deleted_and_survive_a_reopen(
 
 
 async def test_expired_values_read_as_absent(store: Store) -> None:
-    await store.set("pending:wx:1", "reply", ttl=0.05)
+    await store.set("pending:wx:1", "reply", ttl=TTL)
     assert await store.get("pending:wx:1") == "reply"
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(TTL + 0.2)
     assert await store.get("pending:wx:1") is None
     assert await store.delete("pending:wx:1") is False
 
 
 async def test_add_sets_only_once_until_the_key_expires(store: Store) -> None:
     """Dedupe of redelivered messages: the first delivery wins, the retry is dropped."""
-    assert await store.add("seen:wx:msg1", "1", ttl=0.1) is True
-    assert await store.add("seen:wx:msg1", "2", ttl=0.1) is False
+    assert await store.add("seen:wx:msg1", "1", ttl=TTL) is True
+    assert await store.add("seen:wx:msg1", "2", ttl=TTL) is False
     assert await store.get("seen:wx:msg1") == "1"
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(TTL + 0.2)
     assert await store.add("seen:wx:msg1", "3") is True
     assert await store.add("seen:wx:msg1", "4") is False
     assert await store.get("seen:wx:msg1") == "3"
@@ -101,10 +104,10 @@ async def test_add_is_atomic_across_processes(store: Store, store_url: str) -> N
 
 async def test_incr_counts_and_starts_again_after_expiry(store: Store) -> None:
     """Rate limits: a counter per window, fresh once the window has passed."""
-    assert [await store.incr("rate:tg:1", ttl=0.15) for _ in range(3)] == [1, 2, 3]
+    assert [await store.incr("rate:tg:1", ttl=TTL) for _ in range(3)] == [1, 2, 3]
     assert await store.get("rate:tg:1") == "3"
-    await asyncio.sleep(0.25)
-    assert await store.incr("rate:tg:1", ttl=0.15) == 1
+    await asyncio.sleep(TTL + 0.2)
+    assert await store.incr("rate:tg:1", ttl=TTL) == 1
     assert await store.incr("total") == 1
     assert await store.incr("total") == 2
 
