@@ -80,11 +80,11 @@ def _us(when: datetime) -> int:
 
 def _split(item_id: str, marker: str = "") -> tuple[str, int] | None:
     """`ID~N` (entries) or `ID~hN` (holds) -> (ID, N); None if it is not such an id."""
-    account, sep, number = item_id.rpartition("~")
+    account, sep, number = item_id.strip().rpartition("~")
     if not sep or not account or not number.startswith(marker):
         return None
     number = number[len(marker) :]
-    if not number.isdigit() or (marker == "" and not number):
+    if not (number.isascii() and number.isdigit()) or len(number) > 18:
         return None
     return account, int(number)
 

@@ -112,7 +112,8 @@ async def test_entry_ids_are_short_and_typed_back(wallet: RedisWallet) -> None:
     entry = await wallet.credit("tg:5", 1_000, "k", "top-up")
     assert entry.id == "tg:5~1"
     assert await wallet.get_entry("tg:5~1") == entry
-    for wrong in ("tg:5~2", "tg:5", "~1", "tg:5~x", "tg:6~1", "tg:5~h1", ""):
+    assert await wallet.get_entry(" tg:5~1 ") == entry
+    for wrong in ("tg:5~2", "tg:5", "~1", "tg:5~x", "tg:6~1", "tg:5~h1", "tg:5~²", "tg:5~", ""):
         assert await wallet.get_entry(wrong) is None
     hold = await wallet.hold("tg:5", 10, "h", 60)
     assert hold.id == "tg:5~h1"
