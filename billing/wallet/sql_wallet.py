@@ -417,7 +417,12 @@ class SqlWallet:
                     "p_ref": str(hid),
                     "p_meta": meta or None,
                 }
-                got = conn.execute(self._pg_capture, params).first()
+                try:
+                    got = conn.execute(self._pg_capture, params).first()
+                except IntegrityError as exc:
+                    raise WalletError(
+                        "this hold's capture key is already used in the ledger"
+                    ) from exc
                 if got is None:
                     return self._refuse_capture(conn, hid, amount, now)
                 return Entry(
