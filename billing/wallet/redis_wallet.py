@@ -46,6 +46,8 @@ from billing.wallet.base import (
 )
 
 ACCOUNTS_KEY = "creditbot:accounts"
+# Lua numbers are doubles, exact up to 2**53: far beyond any balance (9 * 10**12 credits).
+MAX_AMOUNT = 2**53
 CAPTURE_KEY_PREFIX = "capture:"  # a capture's entry key: this + the hold's key
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCRIPTS = ("credit", "hold", "capture", "void", "sweep")
@@ -120,7 +122,7 @@ def _hold(account: str, n: int | str, fields: list[Any]) -> Hold:
 
 
 def _positive(amount: int) -> None:
-    if type(amount) is not int or amount <= 0:
+    if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
         raise InvalidAmount(f"amount must be a positive integer of millicredits, got {amount!r}")
 
 
@@ -285,7 +287,7 @@ class RedisWallet:
         reason: str = "",
         meta: dict[str, Any] | None = None,
     ) -> Entry:
-        if type(amount) is not int or amount < 0:
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
             raise InvalidAmount(f"a capture is a non-negative integer, got {amount!r}")
         account, n, tag = self._hold_keys(hold_id)
         reply = await self._run(

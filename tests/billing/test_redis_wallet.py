@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from billing.wallet.base import HoldNotActive, HoldNotFound, InsufficientCredits
+from billing.wallet.base import HoldNotActive, HoldNotFound, InsufficientCredits, InvalidAmount
 from billing.wallet.redis_wallet import ACCOUNTS_KEY, RedisWallet, account_tag
 
 pytestmark = pytest.mark.redis
@@ -154,3 +154,9 @@ async def test_what_a_call_returns_is_what_the_ledger_keeps(wallet: RedisWallet)
     assert spent.key == "capture:chat-1" and spent.ref == hold.id and spent.amount == -1_500
     assert (await wallet.get_hold(hold.id)).entry_id == spent.id
     assert await wallet.export_ledger("tg:8") == [credit, spent]
+
+
+async def test_amounts_beyond_exact_script_arithmetic_are_refused(wallet: RedisWallet) -> None:
+    with pytest.raises(InvalidAmount):
+        await wallet.credit("tg:11", 2**53 + 1, "huge", "typo")
+    assert (await wallet.balance("tg:11")).total == 0
