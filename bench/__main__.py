@@ -14,7 +14,8 @@ import bench
 
 
 def _modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.ispkg)
+    found = pkgutil.iter_modules(bench.__path__)
+    return sorted(m.name for m in found if not m.ispkg and not m.name.startswith("_"))
 
 
 def _call(main: Callable[..., Any], argv: list[str] | None) -> None:
