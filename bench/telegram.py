@@ -7,7 +7,9 @@ to a fake Bot API server. An update counts as done when its final `sendMessage` 
 server.
 
 Workloads: `chat` (a streamed 20-token reply: draft previews, then the final message, held
-and captured in the wallet) and `command` (/balance: no upstream, one wallet read).
+and captured in the wallet), `command` (/balance: no upstream, one wallet read) and `adapter`
+(the front end alone: a scripted core streams a reply in 10 deltas, no store or wallet; what
+aiogram, the dispatcher, rendering and the Bot API calls cost).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientSession, web
 
 from adapters.telegram import install
 from billing.money import MILLI_PER_CREDIT
 from bot.core import Core
+from bot.events import FinalText, Message, TextDelta
 from bot.settings import Settings
 from bot.simulator import start_simulator
 from tests import services
@@ -32,7 +36,40 @@ from tests.telegram import updates as u
 from tests.telegram.fake_api import TOKEN, FakeBotAPI
 
 SECRET = "bench-secret"
-TEXTS = {"chat": "Say something [[tokens:20]]", "command": "/balance"}
+TEXTS = {"chat": "Say something [[tokens:20]]", "command": "/balance", "adapter": "hello"}
+REPLY = "A scripted reply of **twenty** words, streamed in pieces the way a model would send " * 2
+
+
+class _MemoryStore:
+    """Just enough of the Store protocol for the scripted core."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        if key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+
+class _ScriptedCore:
+    """The front end's side only: a reply streamed in 10 deltas, no store, no wallet."""
+
+    def __init__(self) -> None:
+        self.kv = _MemoryStore()
+
+    async def handle(self, msg: Message, *, stop: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
+        step = len(REPLY) // 10
+        for i in range(0, len(REPLY), step):
+            yield TextDelta(REPLY[i : i + step])
+        yield FinalText(REPLY)
+
+    def set_sink(self, platform: str, sink: object) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 async def run(
@@ -58,8 +95,8 @@ async def run(
             openai_api_key="sk-bench",
             log_level="WARNING",
         )
-        core = await Core.create(settings)
-        for user in range(users):
+        core: Any = _ScriptedCore() if workload == "adapter" else await Core.create(settings)
+        for user in range(users if workload != "adapter" else 0):
             account = await core.account_of("telegram", str(10_000 + user))
             await core.wallet.credit(account, 1_000 * MILLI_PER_CREDIT, f"bench:{user}", "bench")
         app = web.Application()
@@ -71,7 +108,7 @@ async def run(
         await site.start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}{settings.telegram_webhook_path}"
         await front.start()
-        baseline = len(api.calls_to("sendMessage"))
+        baseline = sum(api.sent_count.values())
         answers: list[float] = []
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(count):
@@ -84,7 +121,8 @@ async def run(
                 i = queue.get_nowait()
                 user = i % users
                 async with lanes[user]:
-                    done = len(api.calls_to("sendMessage"))
+                    chat = 10_000 + user
+                    done = api.sent_count[chat]
                     update = u.message(TEXTS[workload], user_id=10_000 + user)
                     started = time.perf_counter()
                     async with http.post(
@@ -92,13 +130,14 @@ async def run(
                     ) as response:
                         assert response.status == 200
                     answers.append(time.perf_counter() - started)
-                    await _replied(api, 10_000 + user, done)
+                    async with asyncio.timeout(30):  # the reply reached the Bot API
+                        await api.wait_sent(chat, done + 1)
 
         started = time.perf_counter()
         async with ClientSession() as http:
             await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        sent = len(api.calls_to("sendMessage")) - baseline
+        sent = sum(api.sent_count.values()) - baseline
         drafts = len(api.calls_to("sendMessageDraft"))
         await front.stop()
         await runner.cleanup()
@@ -115,17 +154,6 @@ async def run(
         "replies": sent,
         "drafts": drafts,
     }
-
-
-async def _replied(api: FakeBotAPI, chat_id: int, before: int) -> None:
-    """Wait until a new sendMessage to `chat_id` arrived (the update is fully processed)."""
-    async with asyncio.timeout(30):
-        while True:
-            api.sent.clear()  # before looking, so a reply landing meanwhile is not missed
-            calls = api.calls_to("sendMessage")
-            if any(int(c.params["chat_id"]) == chat_id for c in calls[before:]):
-                return
-            await api.sent.wait()
 
 
 async def loopback_baseline(count: int, concurrency: int) -> float:
@@ -169,6 +197,9 @@ async def amain(args: argparse.Namespace) -> None:
     print("|--------|----------|---------|---------|-----------|----------------|----------------|")
     raw = await loopback_baseline(args.updates, args.concurrency)
     print(f"| (bare aiohttp POST, same process: {raw:,.0f}/s) |")
+    if "adapter" in args.workloads:
+        r = await run("adapter", args.updates, args.concurrency, args.users, None)
+        _row("none", "adapter", r)
     for backend in args.backends:
         with contextlib.ExitStack() as stack:
             redis_url = None
@@ -178,12 +209,16 @@ async def amain(args: argparse.Namespace) -> None:
                     print("| redis  | (no redis-server here: skipped) |")
                     continue
             for workload in args.workloads:
-                r = await run(workload, args.updates, args.concurrency, args.users, redis_url)
-                print(
-                    f"| {backend:<6} | {workload:<8} | {r['updates']:>7} | {r['seconds']:>7.2f} | "
-                    f"{r['per_second']:>9.0f} | {r['webhook_p50_ms']:>14.1f} | "
-                    f"{r['webhook_p99_ms']:>14.1f} |"
-                )
+                if workload != "adapter":
+                    r = await run(workload, args.updates, args.concurrency, args.users, redis_url)
+                    _row(backend, workload, r)
+
+
+def _row(store: str, workload: str, r: dict[str, float]) -> None:
+    print(
+        f"| {store:<6} | {workload:<8} | {r['updates']:>7} | {r['seconds']:>7.2f} | "
+        f"{r['per_second']:>9.0f} | {r['webhook_p50_ms']:>14.1f} | {r['webhook_p99_ms']:>14.1f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,10 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument(
-        "--backends", nargs="+", choices=("sqlite", "redis"), default=["sqlite", "redis"]
+        "--backends", nargs="*", choices=("sqlite", "redis"), default=["sqlite", "redis"]
     )
     parser.add_argument(
-        "--workloads", nargs="+", choices=sorted(TEXTS), default=["command", "chat"]
+        "--workloads", nargs="+", choices=sorted(TEXTS), default=["adapter", "command", "chat"]
     )
     asyncio.run(amain(parser.parse_args(argv)))
 

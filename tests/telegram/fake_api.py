@@ -59,7 +59,8 @@ class FakeBotAPI:
         self._ids = itertools.count(1000)
         self._runner: web.AppRunner | None = None
         self.url = ""
-        self.sent = asyncio.Event()  # set on every sendMessage (benchmarks wait on it)
+        self.sent_count: dict[int, int] = defaultdict(int)  # sendMessage calls per chat
+        self._sent_events: dict[int, asyncio.Event] = {}
         self._called = asyncio.Event()
 
     async def start(self) -> FakeBotAPI:
@@ -105,6 +106,12 @@ class FakeBotAPI:
                 self._called.clear()
                 await self._called.wait()
         return self.calls_to(method)
+
+    async def wait_sent(self, chat_id: int, count: int) -> None:
+        """Wait until `chat_id` has received `count` messages in all (for the benchmark)."""
+        while self.sent_count[chat_id] < count:
+            event = self._sent_events.setdefault(chat_id, asyncio.Event())
+            await event.wait()
 
     def calls_to(self, *methods: str) -> list[Call]:
         return [c for c in self.calls if c.method in methods]
@@ -175,7 +182,11 @@ class FakeBotAPI:
         return _ok({"id": BOT_ID, "is_bot": True, "first_name": "Credit", "username": BOT_USERNAME})
 
     async def _m_sendMessage(self, params: dict[str, Any], files: Any) -> web.Response:
-        self.sent.set()
+        chat_id = int(params["chat_id"])
+        self.sent_count[chat_id] += 1
+        event = self._sent_events.pop(chat_id, None)
+        if event is not None:
+            event.set()
         return _ok(self._message(params, text=params["text"]))
 
     async def _m_editMessageText(self, params: dict[str, Any], files: Any) -> web.Response:
