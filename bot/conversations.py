@@ -39,10 +39,40 @@ class Prompt:
     history_used: int
 
 
+def _rule(price: ModelPrice) -> str:
+    return f"{price.encoding}:{price.tokens_per_message}:{price.tokens_per_name}"
+
+
+def message_tokens(price: ModelPrice, message: dict[str, object], rule: str = "") -> int:
+    """One message's share of a prompt count (count_messages([m]) minus the 3 priming tokens).
+
+    Cached inside the stored message under "n" (per tokenizer rule), so a long history is
+    counted once rather than on every request.
+    """
+    rule = rule or _rule(price)
+    cache = message.get("n")
+    if isinstance(cache, dict) and isinstance(cache.get(rule), int):
+        return cache[rule]
+    value = count_messages(price, [_wire(message)]) - 3
+    if not isinstance(cache, dict):
+        cache = {}
+        message["n"] = cache
+    cache[rule] = value
+    return value
+
+
+def _wire(message: dict[str, object]) -> dict[str, str]:
+    """The message as sent upstream: only the fields OpenAI knows."""
+    return {k: v for k, v in message.items() if k in ("role", "content", "name")}  # type: ignore[misc]
+
+
+_system_cache: dict[tuple[str, str], int] = {}
+
+
 def fit(
     price: ModelPrice,
     system: str,
-    history: Chat,
+    history: list[dict],
     text: str,
     limit: int,
     *,
@@ -55,17 +85,23 @@ def fit(
     """
     head: Chat = [{"role": "system", "content": system}] if system else []
     tail: Chat = [{"role": "user", "content": text}]
-    tokens = count_messages(price, head + tail)
+    rule = _rule(price)
+    key = (rule, system)
+    if key not in _system_cache:
+        if len(_system_cache) > 64:
+            _system_cache.clear()
+        _system_cache[key] = count_messages(price, head)
+    tokens = _system_cache[key] + count_messages(price, tail) - 3
     if tokens > limit:
         raise TooLong(tokens, limit)
     kept: Chat = []
     candidates = history if max_history is None else history[len(history) - max_history :]
     for message in reversed(candidates):
-        cost = count_messages(price, [message]) - 3
+        cost = message_tokens(price, message, rule)
         if tokens + cost > limit:
             break
         tokens += cost
-        kept.append(message)
+        kept.append(_wire(message))
     kept.reverse()
     return Prompt(head + kept + tail, tokens, len(kept))
 
@@ -80,7 +116,7 @@ class Conversations:
     def _key(account: str, platform: str, chat_id: str) -> str:
         return f"conv:{account}:{platform}:{chat_id}"
 
-    async def history(self, account: str, platform: str, chat_id: str) -> Chat:
+    async def history(self, account: str, platform: str, chat_id: str) -> list[dict]:
         raw = await self.store.get(self._key(account, platform, chat_id))
         if not raw:
             return []
@@ -98,7 +134,7 @@ class Conversations:
         user_text: str,
         reply: str,
         *,
-        history: Chat | None = None,
+        history: list[dict] | None = None,
     ) -> None:
         """Add one exchange (only when the reply was delivered, even partly).
 

@@ -164,8 +164,9 @@ async def test_gpt4_conversation_is_trimmed_to_8k(core: Core) -> None:
     [entry] = await captures(core, ACCOUNT)
     used = entry.meta["prompt_tokens"]  # the simulator's count, like OpenAI's
     assert 8192 - 1024 - 2000 < used <= 8192 - 1024  # full, with room for the longest reply
-    history = (await convs.history(ACCOUNT, "telegram", "u1"))[:12]
-    expected = fit(PRICES.get("gpt-4"), SYSTEM, history, text, 8192 - 1024)
+    stored = (await convs.history(ACCOUNT, "telegram", "u1"))[:12]
+    history = [{"role": m["role"], "content": m["content"]} for m in stored]
+    expected = fit(PRICES.get("gpt-4"), SYSTEM, [dict(m) for m in history], text, 8192 - 1024)
     assert 0 < expected.history_used < 12
     assert (
         used
