@@ -16,6 +16,7 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
@@ -86,6 +87,7 @@ class TelegramFrontEnd:
         self.dp = make_dispatcher(core, self.tg, self.bot.id)
         self.webhook = bool(settings.telegram_webhook_url)
         self._polling: asyncio.Task[None] | None = None
+        self._menu: asyncio.Task[None] | None = None
         self._handler: SimpleRequestHandler | None = None
         if self.webhook:
             if not settings.telegram_webhook_secret:
@@ -106,17 +108,26 @@ class TelegramFrontEnd:
     async def start(self) -> None:
         """Register the menu and the sink, then set the webhook or start polling."""
         self.core.set_sink(PLATFORM, self.deliver)
-        await commands.register_menu(self.bot)
+        # in the background: an unreachable Telegram must not hold up the other front ends
+        self._menu = asyncio.create_task(commands.register_menu(self.bot), name="telegram-menu")
         allowed = self.dp.resolve_used_update_types()
         if self.webhook:
-            await self.bot.set_webhook(
-                self.settings.telegram_webhook_url,
-                secret_token=self.settings.telegram_webhook_secret,
-                allowed_updates=allowed,
-            )
-            log.info("Telegram webhook set on %s", self.settings.telegram_webhook_path)
+            try:
+                await self.bot.set_webhook(
+                    self.settings.telegram_webhook_url,
+                    secret_token=self.settings.telegram_webhook_secret,
+                    allowed_updates=allowed,
+                )
+                log.info(
+                    "Telegram webhook set; listening on %s", self.settings.telegram_webhook_path
+                )
+            except TelegramAPIError as exc:  # Telegram keeps posting to the webhook it had
+                log.error("could not set the Telegram webhook: %s", exc)
             return
-        await self.bot.delete_webhook(drop_pending_updates=False)
+        try:  # getUpdates is refused while a webhook is set
+            await self.bot.delete_webhook(drop_pending_updates=False)
+        except TelegramAPIError as exc:
+            log.warning("could not remove a Telegram webhook before polling: %s", exc)
         self._polling = asyncio.create_task(
             self.dp.start_polling(
                 self.bot,
@@ -130,6 +141,10 @@ class TelegramFrontEnd:
 
     async def stop(self) -> None:
         """Stop taking updates, let running handlers finish, release connections."""
+        if self._menu is not None and not self._menu.done():
+            self._menu.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._menu
         if self._polling is not None:
             with contextlib.suppress(RuntimeError):
                 await self.dp.stop_polling()

@@ -61,7 +61,7 @@ async def test_start_sets_the_webhook_and_the_menus_in_two_languages(webhook, fa
     allowed = hook.json("allowed_updates")
     assert {"message", "callback_query", "pre_checkout_query"} <= set(allowed)
     assert "stopped_message_generation" in allowed
-    menus = fake_api.calls_to("setMyCommands")
+    menus = await fake_api.wait_for("setMyCommands", 2)
     assert [m.params.get("language_code") for m in menus] == [None, "zh"]
     english, chinese = (m.json("commands") for m in menus)
     assert [c["command"] for c in english] == [c["command"] for c in chinese]
