@@ -228,8 +228,8 @@ class EditStream:
                 await self._edit(i, part, markup, essential=False)
                 return
 
-    async def finish(self, text: str) -> list[int]:
-        """Bring every message to its final part, without the Stop button; ids in order."""
+    async def finish(self, text: str) -> None:
+        """Bring every message to its final part, without the Stop button."""
         self.close()
         parts = render_parts(text)
         for i, part in enumerate(parts):
@@ -244,7 +244,6 @@ class EditStream:
                 await self._unmark(i)
             if i > 0 or parts:
                 await self._delete(i)
-        return self._ids[: max(len(parts), 1 if self._ids else 0)]
 
     def close(self) -> None:
         if self._handle:
