@@ -217,7 +217,11 @@ class ChatFlow:
                 )
                 out.prompt = prompt
             except StreamCut as exc:
-                out.cut = exc.received_text or "".join(out.parts)
+                received = exc.received_text or "".join(out.parts)
+                if received:
+                    out.cut = received
+                else:  # nothing reached the user: the same as an error before output
+                    out.error = "upstream_error"
                 return
             except QuotaExceeded:
                 log.error("OpenAI quota exhausted (insufficient_quota): top up the API account")
