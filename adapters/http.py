@@ -90,9 +90,9 @@ def configured(settings: Settings) -> bool:
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Run the core, the HTTP server and every configured front end until SIGINT/SIGTERM."""
     core = await Core.create(settings)
-    await core.start()
     app = build_app(core)
     fronts = install_front_ends(core, settings, app)
+    await core.start()  # after the front ends set their sinks: resumed results reach them
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)

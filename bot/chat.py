@@ -87,8 +87,9 @@ class ChatFlow:
             yield Notice(t("wait", req.lang), kind="wait")
             return
         try:
-            async for event in self._run(req, lease):
-                yield event
+            async with contextlib.aclosing(self._run(req, lease)) as events:
+                async for event in events:
+                    yield event
         finally:
             await lease.release()
 
@@ -120,8 +121,10 @@ class ChatFlow:
 
         out = _Outcome()
         try:
-            async for event in self._stream(req, lease, model, price, prompt, max_reply, out):
-                yield event
+            stream = self._stream(req, lease, model, price, prompt, max_reply, out)
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    yield event
             await self._settle(req, hold.id, hold.amount, model, price, prompt, out)
             if out.parts or out.cut is not None:
                 await s.conversations.append(

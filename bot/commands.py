@@ -6,6 +6,7 @@ commands check `settings.admin_ids` ("platform:user_id") and refuse everyone els
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -75,8 +76,9 @@ class Commands:
             return
         name, args = parsed
         if name == "imagine":
-            async for event in self.images.imagine(req, args):
-                yield event
+            async with contextlib.aclosing(self.images.imagine(req, args)) as events:
+                async for event in events:
+                    yield event
             return
         handler = self.handlers.get(name)
         if handler is None:

@@ -58,6 +58,8 @@ class Core:
         self.prices = services.prices
         self._owned = owned
         self._sinks: dict[str, Sink] = {}
+        self._pending: dict[str, list[Delivery]] = {}  # for platforms whose sink is not set yet
+        self._flushes: set[asyncio.Task[None]] = set()
         self.images = ImageFlow(services, self._deliver)
         self.chat = ChatFlow(services)
         self.commands = Commands(services, self.images)
@@ -142,6 +144,8 @@ class Core:
         """Stop background work and close what create() opened (unsettled tasks stay open)."""
         await self.sweeper.stop()
         await self.images.close()
+        for task in list(self._flushes):
+            task.cancel()
         for thing in reversed(self._owned):
             try:
                 await thing.close()
@@ -212,13 +216,32 @@ class Core:
                 yield event
 
     def set_sink(self, platform: str, sink: Sink) -> None:
-        """Where events for `platform` go when no handle() call is waiting for them."""
+        """Where events for `platform` go when no handle() call is waiting for them.
+
+        Events that arrived before the sink was set (an image that finished while the bot was
+        down, settled by start()) are handed to it now.
+        """
         self._sinks[platform] = sink
+        waiting = self._pending.pop(platform, [])
+        if waiting:
+            task = asyncio.get_running_loop().create_task(self._flush(sink, waiting))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, sink: Sink, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                await sink(delivery)
+            except Exception:
+                log.exception("delivering a queued event to %s failed", delivery.platform)
 
     async def _deliver(self, delivery: Delivery) -> None:
         sink = self._sinks.get(delivery.platform)
         if sink is None:
-            log.warning("no sink for %s: an event for a user was dropped", delivery.platform)
+            waiting = self._pending.setdefault(delivery.platform, [])
+            if len(waiting) < 10_000:
+                waiting.append(delivery)
+            log.info("no sink for %s yet: event queued until one is set", delivery.platform)
             return
         await sink(delivery)
 

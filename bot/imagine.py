@@ -136,8 +136,9 @@ class ImageFlow:
         if not prompt:
             yield Notice(t("imagine_usage", req.lang))
             return
-        async for event in self._run(req, "IMAGINE", prompt, None):
-            yield event
+        async with contextlib.aclosing(self._run(req, "IMAGINE", prompt, None)) as events:
+            async for event in events:
+                yield event
 
     async def press(self, req: Request, data: str) -> AsyncIterator[Event]:
         """A button under an image: checks it is live and the presser's, then runs it."""
@@ -156,8 +157,9 @@ class ImageFlow:
         if self.s.mj is None:
             yield Notice(t("imagine_disabled", req.lang), kind="error")
             return
-        async for event in self._run(req, action, record.prompt, record):
-            yield event
+        async with contextlib.aclosing(self._run(req, action, record.prompt, record)) as events:
+            async for event in events:
+                yield event
 
     def poke(self, task_id: str) -> bool:
         """notifyHook: re-fetch this task now. True if we track it here."""
@@ -270,8 +272,9 @@ class ImageFlow:
         finally:
             await lease.release()
         if record is not None:
-            async for event in self._follow(record):
-                yield event
+            async with contextlib.aclosing(self._follow(record)) as events:
+                async for event in events:
+                    yield event
 
     async def _register(
         self,

@@ -122,13 +122,14 @@ async def test_restart_resumes_and_settles_exactly_once(
         await slow.close()
         raise
     try:
-        second = await make_core(sqlite_url, simulator=slow)
+        await asyncio.sleep(1.6)  # the image finishes while the bot is down
+        second = await make_core(sqlite_url, simulator=slow)  # start() settles it at once
         delivered: list[Delivery] = []
 
         async def sink(delivery: Delivery) -> None:
             delivered.append(delivery)
 
-        second.set_sink("telegram", sink)
+        second.set_sink("telegram", sink)  # set after start(): the result waited for it
         for _ in range(100):
             if delivered:
                 break
