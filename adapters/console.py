@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import uuid
@@ -126,6 +127,8 @@ async def run_console(
         from bot.simulator import start_simulator
 
         sim = await start_simulator(port=0)
+        # The in-process simulator's server complains when a stopped reply hangs up on it.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         settings = settings.model_copy(
             update={
                 "openai_base_url": sim.openai_url,

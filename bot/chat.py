@@ -173,6 +173,8 @@ class ChatFlow:
             except InsufficientCredits as exc:
                 available = max(exc.available, 0)
                 max_reply = min(longest, price.max_completion_tokens(available, prompt.tokens))
+        if max_reply == longest:  # never asked the wallet (MAX_REPLY_TOKENS < MIN_REPLY_TOKENS)
+            available = (await self.s.wallet.balance(req.account)).available
         return None, 0, available
 
     async def _stream(
