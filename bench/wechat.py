@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +110,40 @@ async def _all_sent(fake: Any, total: int, seconds: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def run(mode: str, count: int, concurrency: int, users: int, seed: int) -> dict[str, Any]:
+class EchoCore:
+    """A core that answers at once without a model or a wallet: what is left is the front
+    end's own work (signatures, AES both ways, XML screening, MsgId dedupe in the Store)."""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+
+    async def handle(self, msg: Any, *, stop: Any = None) -> AsyncIterator[Any]:
+        from bot.events import FinalText
+
+        yield FinalText(f"echo: {msg.text}")
+
+    def set_sink(self, platform: str, sink: Any) -> None:
+        pass
+
+    async def grant_trial(self, platform: str, user_id: str, amount_milli: int) -> bool:
+        return False
+
+    async def account_of(self, platform: str, user_id: str) -> str:
+        return f"{platform}:{user_id}"
+
+    async def close(self) -> None:
+        await self.kv.close()
+
+
+async def run(
+    mode: str,
+    count: int,
+    concurrency: int,
+    users: int,
+    seed: int,
+    wallet_url: str = "",
+    core_kind: str = "real",
+) -> dict[str, Any]:
     from adapters.wechat import PassiveTiming, install
     from billing.money import MILLI_PER_CREDIT
     from bot.core import Core
@@ -127,15 +163,21 @@ async def run(mode: str, count: int, concurrency: int, users: int, seed: int) ->
             wechat_aes_key=aes_key,
             wechat_mode=mode,
             wechat_api_base=fake.url,
-            wallet_url=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",
+            wallet_url=wallet_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",
             openai_base_url=sim.openai_url,
             openai_api_key="sk-bench",
             log_level="WARNING",
             max_inflight_per_user=4,
         )
-        core = await Core.create(settings)
-        await core.start()
-        for user in range(users):
+        core: Any
+        if core_kind == "echo":
+            from bot.store import open_store
+
+            core = EchoCore(await open_store(settings.wallet_url))
+        else:
+            core = await Core.create(settings)
+            await core.start()
+        for user in range(users if core_kind == "real" else 0):
             account = await core.account_of("wechat", f"o-bench-{user}")
             await core.wallet.credit(account, 10_000 * MILLI_PER_CREDIT, f"bench:{user}", "bench")
         app = web.Application()
@@ -190,23 +232,65 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1000, help="callbacks per run")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--users", type=int, default=200)
+    parser.add_argument(
+        "--cores",
+        default="real,echo",
+        help="real: the Core with wallet and simulated model; echo: an instant stub (the "
+        "front end alone)",
+    )
+    parser.add_argument(
+        "--backends",
+        default="sqlite,redis",
+        help="where the wallet and the Store live: sqlite (a temporary file), redis (a "
+        "throwaway redis-server, or REDIS_URL)",
+    )
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     print(
-        "| mode             | conc. | callbacks/s | answers/s | p50 ms | p95 ms | errors |\n"
-        "|------------------|-------|-------------|-----------|--------|--------|--------|"
+        "| store  | core | mode             | conc. | callbacks/s | answers/s | p50 ms | p95 ms |"
+        " errors |\n|--------|------|------------------|-------|-------------|-----------|--------|"
+        "--------|--------|"
     )
     seed = int(time.time()) % 1000
-    for mode in args.modes.split(","):
-        for conc in (int(c) for c in args.concurrency.split(",")):
-            seed += 1
-            r = asyncio.run(run(mode, args.count, conc, args.users, seed))
-            print(
-                f"| {r['mode']:<16} | {r['concurrency']:>5} | {r['callbacks_per_s']:>11,.0f} "
-                f"| {r['answers_per_s']:>9,.0f} | {r['p50_ms']:>6.1f} | {r['p95_ms']:>6.1f} "
-                f"| {r['errors']:>6} |",
-                flush=True,
-            )
+    for backend in args.backends.split(","):
+        with _store(backend) as url:
+            for core_kind, mode, conc in itertools.product(
+                args.cores.split(","),
+                args.modes.split(","),
+                (int(c) for c in args.concurrency.split(",")),
+            ):
+                seed += 1
+                if url.startswith("redis"):
+                    _flush(url)
+                r = asyncio.run(run(mode, args.count, conc, args.users, seed, url, core_kind))
+                print(
+                    f"| {backend:<6} | {core_kind:<4} | {r['mode']:<16} | {r['concurrency']:>5} "
+                    f"| {r['callbacks_per_s']:>11,.0f} | {r['answers_per_s']:>9,.0f} "
+                    f"| {r['p50_ms']:>6.1f} | {r['p95_ms']:>6.1f} | {r['errors']:>6} |",
+                    flush=True,
+                )
+
+
+@contextlib.contextmanager
+def _store(backend: str) -> Iterator[str]:
+    """ "" for a fresh SQLite file per run, or a Redis URL (REDIS_URL or a throwaway server)."""
+    if backend == "sqlite":
+        yield ""
+        return
+    from tests import services
+
+    with services.redis_server() as url:
+        if not url:
+            raise SystemExit("no Redis: install redis-server or set REDIS_URL")
+        yield url
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
 
 
 if __name__ == "__main__":

@@ -188,6 +188,8 @@ class Answers:
         self.outbox = outbox
         self.locks = locks
         self._ready: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}
+        self.local: set[str] = set()  # requests whose work runs in this process
 
     async def _claim(self, key: str, item: Item) -> bool:
         payload = json.dumps(item.dump(), ensure_ascii=False)
@@ -220,10 +222,12 @@ class Answers:
         return Item.load(json.loads(raw)) if raw else None
 
     async def wait(self, key: str, seconds: float, poll: float = 0.1) -> Item | None:
-        """The answer as soon as it exists (here or in another process), or None."""
+        """The answer as soon as it exists, or None. Work running in this process signals
+        it; work in another process is polled for every `poll` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        event = self._ready.setdefault(key, asyncio.Event())
+        event = self._ready.setdefault(key, asyncio.Event())  # before the first look: no gap
+        self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             while True:
                 item = await self.get(key)
@@ -232,12 +236,15 @@ class Answers:
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
+                step = 1.0 if key in self.local else poll
                 try:
-                    await asyncio.wait_for(event.wait(), min(poll, left))
+                    await asyncio.wait_for(event.wait(), min(step, left))
                 except TimeoutError:
                     pass
         finally:
-            if self._ready.get(key) is event:  # other waiters of this key fall back to polling
+            self._waiting[key] -= 1
+            if not self._waiting[key]:  # the last waiter of this key cleans up
+                del self._waiting[key]
                 self._ready.pop(key, None)
 
     async def give_up(self, key: str, openid: str) -> Item:

@@ -200,6 +200,7 @@ class WeChatFrontEnd:
     async def _passive(self, wx: BaseMessage, msg: Message, key: str) -> BaseReply | None:
         tries = await self.kv.incr(f"wx:tries:{key}", ttl=self.dedupe_ttl)
         if tries == 1:  # the first try starts the work; every try waits for its answer
+            self.answers.local.add(key)
             self._spawn(self._passive_job(msg, key))
         last = tries >= self.timing.tries
         item = await self.answers.wait(key, self.timing.window if last else self.timing.hold)
@@ -237,6 +238,7 @@ class WeChatFrontEnd:
             log.exception("wechat: passive job failed")
         finally:
             await self.answers.finish(key, openid)
+            self.answers.local.discard(key)
 
     async def _fetch(self, key: str, openid: str) -> bool:
         """A "1": hand out the next waiting item. False when nothing waits and nothing is
