@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from billing.money import format_credits
+from billing.pricing import UnknownModel
 from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
 from bot.context import Request, Services
 from bot.events import Action, Delivery, Event, ImageResult, Notice, Progress
@@ -235,7 +236,11 @@ class ImageFlow:
                 except UpstreamError:
                     yield Notice(t("imagine_error", req.lang), kind="error")
                     return
-            price = s.prices.image_cost(price_action(action))
+            try:
+                price = s.prices.image_cost(price_action(action))
+            except UnknownModel:  # the operator's price file has no Midjourney price
+                yield Notice(t("imagine_disabled", req.lang), kind="error")
+                return
             try:
                 hold = await s.wallet.hold(
                     req.account,
