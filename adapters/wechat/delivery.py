@@ -88,8 +88,9 @@ class Outbox:
 
 
 class Busy:
-    """Users with work in flight, with a deadline so a crashed process does not leave a user
-    "busy" for ever."""
+    """Users with work that outlived its request (the last try said "reply 1"), with a
+    deadline so a crashed process does not leave a user "busy" for ever. Work answered within
+    its tries never needs marking, which saves two writes per message."""
 
     def __init__(self, kv: Store, ttl: float = 900.0) -> None:
         self.kv = kv
@@ -100,8 +101,10 @@ class Busy:
         await self.kv.sadd(f"wx:busy:{openid}", member)
         return member
 
-    async def stop(self, openid: str, member: str) -> None:
-        await self.kv.srem(f"wx:busy:{openid}", member)
+    async def stop(self, openid: str, key: str) -> None:
+        for member in await self.kv.smembers(f"wx:busy:{openid}"):
+            if member.rsplit("|", 1)[0] == key:
+                await self.kv.srem(f"wx:busy:{openid}", member)
 
     async def active(self, openid: str, *, besides: str = "") -> bool:
         """True if work other than request `besides` is running for the user."""
@@ -183,10 +186,11 @@ class Answers:
     try giving up, whichever comes first; what loses goes to the outbox.
     """
 
-    def __init__(self, kv: Store, outbox: Outbox, locks: KvLocks) -> None:
+    def __init__(self, kv: Store, outbox: Outbox, locks: KvLocks, busy: Busy) -> None:
         self.kv = kv
         self.outbox = outbox
         self.locks = locks
+        self.busy = busy
         self._ready: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}
         self.local: set[str] = set()  # requests whose work runs in this process
@@ -213,9 +217,15 @@ class Answers:
             event.set()
 
     async def finish(self, key: str, openid: str) -> None:
-        """The work is over: a request that produced nothing is answered with nothing."""
-        if await self.kv.get(f"wx:ans:{key}") is None:
+        """The work is over: a request that produced nothing is answered with nothing, and
+        a request given up on is no longer "still working"."""
+        answer = await self.get(key)
+        if answer is None:
             await self.offer(key, openid, [EMPTY])
+            answer = await self.get(key)
+        if answer is not None and answer.kind == GAVE_UP.kind:
+            async with self.locks.hold(f"user:{openid}"):
+                await self.busy.stop(openid, key)
 
     async def get(self, key: str) -> Item | None:
         raw = await self.kv.get(f"wx:ans:{key}")
@@ -252,5 +262,6 @@ class Answers:
         request as given up (GAVE_UP), so its answer goes to the outbox."""
         async with self.locks.hold(f"user:{openid}"):
             if await self._claim(key, GAVE_UP):
+                await self.busy.start(openid, key)
                 return GAVE_UP
             return await self.get(key) or GAVE_UP

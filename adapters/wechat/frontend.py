@@ -70,7 +70,10 @@ class WeChatFrontEnd:
     ) -> None:
         self.core = core
         self.settings = settings
-        self.mode = PASSIVE if settings.wechat_mode.strip().lower() == PASSIVE else CUSTOMER_SERVICE
+        mode = settings.wechat_mode.strip().lower()
+        if mode not in (PASSIVE, CUSTOMER_SERVICE):
+            log.warning("WECHAT_MODE=%r is not passive or customer_service: using the latter", mode)
+        self.mode = PASSIVE if mode == PASSIVE else CUSTOMER_SERVICE
         self.timing = timing or PassiveTiming()
         self.language = language or settings.wechat_language or "zh"
         self.dedupe_ttl = float(settings.dedupe_ttl_seconds)
@@ -99,7 +102,7 @@ class WeChatFrontEnd:
         )
         self.outbox = Outbox(kv)
         self.busy = Busy(kv)
-        self.answers = Answers(kv, self.outbox, self.locks)
+        self.answers = Answers(kv, self.outbox, self.locks, self.busy)
         self.customer_service = CustomerService(self.api, self.outbox, self.locks)
         # In passive mode a "reply 1" footer may follow the text: leave room for it.
         limit = MAX_TEXT_BYTES
@@ -227,13 +230,7 @@ class WeChatFrontEnd:
         try:
             if msg.text.strip() == texts.FETCH_WORD and await self._fetch(key, openid):
                 return
-            member = await self.busy.start(openid, key)
-            try:
-                await self.conversation.run(
-                    msg, lambda items: self.answers.offer(key, openid, items)
-                )
-            finally:
-                await self.busy.stop(openid, member)
+            await self.conversation.run(msg, lambda items: self.answers.offer(key, openid, items))
         except Exception:
             log.exception("wechat: passive job failed")
         finally:

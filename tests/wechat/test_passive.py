@@ -4,6 +4,7 @@ shrunk to CLIENT_TIMEOUT), WeChat's retries of one MsgId, and "1" to fetch what 
 from __future__ import annotations
 
 from bot.events import Delivery, ImageResult
+from bot.store.base import Store
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot
 from tests.wechat.fake_core import FakeCore
 from tests.wechat.wechat_client import next_msg_id, text_xml, wait_for
@@ -153,3 +154,20 @@ async def test_late_image_after_restart_waits_for_1(
     await sink(Delivery("wechat", "o-late", "o-late", ImageResult("t9", fake_core.image_url, "")))
     image = await bot.wechat.post(text_xml("o-late", "1", next_msg_id()))
     assert image is not None and image.fields is not None and image.fields["MsgType"] == "image"
+
+
+async def test_retries_reaching_another_process_get_the_same_answer(
+    start_bot: StartBot, fake_core: FakeCore, kv: Store
+) -> None:
+    """Behind a load balancer WeChat's retry may reach another bot process: that process
+    finds the work started, waits for its answer through the Store, and starts nothing."""
+    other_core = FakeCore(kv, image_url=fake_core.image_url)
+    fake_core.delay = 2.0  # answered during the second try, which goes to the other process
+    first = await start_bot(fake_core, mode="passive")
+    second = await start_bot(other_core, mode="passive")
+    xml = text_xml("o-lb", "balanced", next_msg_id())
+    assert await first.wechat.post(xml, give_up_after=CLIENT_TIMEOUT) is None
+    reply = await second.wechat.post(xml, give_up_after=CLIENT_TIMEOUT * 2)
+    assert reply is not None and reply.content == "echo: balanced"
+    assert fake_core.charges["o-lb"] + other_core.charges["o-lb"] == 1
+    assert other_core.handled == []
