@@ -155,7 +155,7 @@ class WeChatFrontEnd:
             return await self._event(wx)
         text = _text_of(wx)
         if text is None:
-            return TextReply(message=wx, content=texts.unsupported())
+            return _text_reply(wx, texts.unsupported())
         msg = Message(
             platform=PLATFORM,
             user_id=openid,
@@ -182,7 +182,7 @@ class WeChatFrontEnd:
         granted = False
         if trial > 0:
             granted = await self.core.grant_trial(PLATFORM, str(wx.source), trial * 1000)
-        return TextReply(message=wx, content=texts.welcome(trial if granted else 0))
+        return _text_reply(wx, texts.welcome(trial if granted else 0))
 
     # --- customer-service mode -------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class WeChatFrontEnd:
         if item is None:
             return None  # WeChat stopped listening already and retries
         if item is GAVE_UP or item.kind == GAVE_UP.kind:
-            return TextReply(message=wx, content=texts.still_working())
+            return _text_reply(wx, texts.still_working())
         return await self._answer(wx, msg.user_id, key, item)
 
     async def _answer(self, wx: BaseMessage, openid: str, key: str, item: Item) -> BaseReply | None:
@@ -223,7 +223,7 @@ class WeChatFrontEnd:
         text = item.text
         if await self.outbox.load(openid) or await self.busy.active(openid, besides=key):
             text += texts.more_waiting()
-        return TextReply(message=wx, content=text)
+        return _text_reply(wx, text)
 
     async def _passive_job(self, msg: Message, key: str) -> None:
         openid = msg.user_id
@@ -271,6 +271,13 @@ class WeChatFrontEnd:
         else:
             async with self.locks.hold(f"user:{delivery.user_id}"):
                 await self.outbox.push(delivery.user_id, items)
+
+
+def _text_reply(wx: BaseMessage, text: str) -> TextReply:
+    """A passive text reply. wechatpy writes Content as CDATA verbatim, so a "]]>" in a model's
+    reply (code often has one) would end it early and break the XML: split it across two
+    CDATA sections instead."""
+    return TextReply(message=wx, content=text.replace("]]>", "]]]]><![CDATA[>"))
 
 
 def _text_of(wx: BaseMessage) -> str | None:

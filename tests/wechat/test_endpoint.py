@@ -128,6 +128,14 @@ async def test_a_user_may_write_doctype_in_a_message(
     assert reply.content == "echo: what is <!DOCTYPE html>?"
 
 
+async def test_reply_with_cdata_end_survives(start_bot: StartBot, fake_core: FakeCore) -> None:
+    """A reply containing "]]>" (code does) still makes well-formed XML, in both modes."""
+    for aes in ("", new_aes_key()):
+        bot = await start_bot(fake_core, mode="passive", aes_key=aes)
+        reply = await bot.wechat.post(text_xml("o-code", "x = a[b[0]]>1", next_msg_id()))
+        assert reply is not None and reply.content == "echo: x = a[b[0]]>1"
+
+
 async def test_safe_mode_round_trip(start_bot: StartBot, fake_core: FakeCore) -> None:
     """An encrypted question gets an encrypted answer (the client checks and decrypts it)."""
     bot = await start_bot(fake_core, mode="passive", aes_key=new_aes_key())
@@ -164,3 +172,14 @@ async def test_subscribe_welcomes_and_grants_the_trial_once(
     again = await bot.wechat.post(event_xml("o-new", "subscribe", 1700000200))
     assert again is not None and again.content is not None
     assert "Welcome" in again.content and "trial" not in again.content
+
+
+def test_not_installed_without_a_token(fake_core: FakeCore) -> None:
+    from aiohttp import web
+
+    from adapters.wechat import install
+    from bot.settings import Settings
+
+    app = web.Application()
+    assert install(fake_core, Settings(_env_file=None, wechat_token=""), app) is None
+    assert len(app.router.routes()) == 0

@@ -26,6 +26,7 @@ def sign(*parts: str) -> str:
 
 
 def text_xml(openid: str, content: str, msg_id: int, account: str = "gh_bot") -> str:
+    content = content.replace("]]>", "]]]]><![CDATA[>")  # as any XML writer must
     return (
         f"<xml><ToUserName><![CDATA[{account}]]></ToUserName>"
         f"<FromUserName><![CDATA[{openid}]]></FromUserName>"
