@@ -89,6 +89,12 @@ def configured(settings: Settings) -> bool:
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Run the core, the HTTP server and every configured front end until SIGINT/SIGTERM."""
+    if settings.simulated:
+        log.warning(
+            "OPENAI_API_KEY is not set: chat requests to %s will be refused upstream "
+            "(users are not charged). Set it, or point OPENAI_BASE_URL at `creditbot simulate`.",
+            settings.openai_base_url,
+        )
     core = await Core.create(settings)
     app = build_app(core)
     fronts = install_front_ends(core, settings, app)

@@ -110,6 +110,7 @@ class Core:
                 settings.mj_base_url, settings.mj_api_secret, dialect=settings.mj_dialect
             )
             owned.append(mj)
+        wallet, openai, mj = _instrumented(wallet, openai, mj)
         services = Services(
             settings=settings,
             wallet=wallet,
@@ -180,8 +181,10 @@ class Core:
             yield Notice(t("empty_message", lang))
             return
         if parse_command(req.text) is not None:
+            _count(msg.platform, "command")
             flow = self.commands.dispatch(req)
         else:
+            _count(msg.platform, "chat")
             flow = self.chat.run(req)
         async with _closing(flow) as events:
             async for event in events:
@@ -202,6 +205,7 @@ class Core:
             f"seen:{platform}:press:{message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
         ):
             return
+        _count(platform, "press")
         req = Request(
             platform=platform,
             user_id=user_id,
@@ -307,6 +311,27 @@ class Core:
 
     def is_admin(self, platform: str, user_id: str) -> bool:
         return f"{platform}:{user_id}" in self.settings.admin_ids
+
+
+def _instrumented(wallet: Any, openai: Any, mj: Any) -> tuple[Any, Any, Any]:
+    """Wrap the wallet and upstream clients with bot.metrics' counters, when it is there."""
+    try:
+        from bot import metrics
+    except ImportError:
+        return wallet, openai, mj
+    return (
+        metrics.instrument_wallet(wallet),
+        metrics.instrument_openai(openai),
+        metrics.instrument_mj(mj) if mj is not None else None,
+    )
+
+
+def _count(platform: str, kind: str) -> None:
+    try:
+        from bot.metrics import count_request
+    except ImportError:
+        return
+    count_request(platform, kind)
 
 
 class _closing:
