@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -194,10 +195,15 @@ class Answers:
         self._ready: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}
         self.local: set[str] = set()  # requests whose work runs in this process
+        self._mine: dict[str, Item] = {}  # answers claimed here: no Store read to find them
 
     async def _claim(self, key: str, item: Item) -> bool:
         payload = json.dumps(item.dump(), ensure_ascii=False)
-        return await self.kv.add(f"wx:ans:{key}", payload, ttl=ANSWER_TTL)
+        if not await self.kv.add(f"wx:ans:{key}", payload, ttl=ANSWER_TTL):
+            return False
+        if key in self.local:
+            self._mine[key] = item
+        return True
 
     async def offer(self, key: str, openid: str, items: list[Item]) -> None:
         """The first item answers the request (unless its last try already gave up);
@@ -219,10 +225,10 @@ class Answers:
     async def finish(self, key: str, openid: str) -> None:
         """The work is over: a request that produced nothing is answered with nothing, and
         a request given up on is no longer "still working"."""
-        answer = await self.get(key)
+        answer = self._mine.pop(key, None) or await self.get(key)
         if answer is None:
             await self.offer(key, openid, [EMPTY])
-            answer = await self.get(key)
+            answer = self._mine.pop(key, None) or await self.get(key)
         if answer is not None and answer.kind == GAVE_UP.kind:
             async with self.locks.hold(f"user:{openid}"):
                 await self.busy.stop(openid, key)
@@ -238,19 +244,23 @@ class Answers:
         deadline = loop.time() + seconds
         event = self._ready.setdefault(key, asyncio.Event())  # before the first look: no gap
         self._waiting[key] = self._waiting.get(key, 0) + 1
+        look = key not in self.local
         try:
             while True:
-                item = await self.get(key)
+                # Work running here hands its answer over in memory (and sets the event);
+                # the Store is read for work elsewhere, and now and then as a safety net.
+                item = self._mine.get(key)
+                if item is None and (look or key not in self.local):
+                    item = await self.get(key)
                 if item is not None:
                     return item
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
                 step = 1.0 if key in self.local else poll
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(step, left))
-                except TimeoutError:
-                    pass
+                look = True
         finally:
             self._waiting[key] -= 1
             if not self._waiting[key]:  # the last waiter of this key cleans up

@@ -117,6 +117,11 @@ async def test_passive_fetch_with_1_charges_once(
     )
     assert tries[:2] == [None, None] and "reply 1" in (tries[2].content or "")  # type: ignore[union-attr]
     await wait_for(lambda: bot.front.outbox.load("o-e2e-fetch"), 10.0)
+
+    async def done() -> bool:
+        return not await bot.front.busy.active("o-e2e-fetch")
+
+    await wait_for(done)  # the work has finished, so no "reply 1 for more" below
     fetched = await bot.wechat.post(text_xml("o-e2e-fetch", "1", next_msg_id()))
     assert fetched is not None and fetched.content and "reply 1" not in fetched.content
     assert len(await captures(core, account)) == 1

@@ -48,6 +48,11 @@ async def test_not_ready_after_three_tries_then_fetch_with_1(
     early = await bot.wechat.post(text_xml("o-wait", "1", next_msg_id()))
     assert early is not None and early.content is not None and "not ready" in early.content
     await wait_for(lambda: bot.front.outbox.load("o-wait"), 5.0)
+
+    async def done() -> bool:
+        return not await bot.front.busy.active("o-wait")
+
+    await wait_for(done)  # the work has finished, so no "reply 1 for more" below
     fetched = await bot.wechat.post(text_xml("o-wait", "1", next_msg_id()))
     assert fetched is not None and fetched.content == "echo: hard question"
     assert fake_core.charges["o-wait"] == 1
