@@ -57,6 +57,9 @@ class MemoryStore:
     async def get(self, key: str) -> str | None:
         return self._live(key)
 
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        return [self._live(key) for key in keys]
+
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         self.data[key] = (value, time.monotonic() + ttl if ttl else None)
 

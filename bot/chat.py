@@ -67,7 +67,12 @@ class _Outcome:
 
 async def chosen_model(services: Services, account: str) -> tuple[str, ModelPrice]:
     """The account's model (falling back to the default when its price was withdrawn)."""
-    name = await services.conversations.model(account) or services.settings.default_model
+    return price_of(services, await services.conversations.model(account))
+
+
+def price_of(services: Services, chosen: str | None) -> tuple[str, ModelPrice]:
+    """The chosen model's price, or the default model's when none is chosen or it was withdrawn."""
+    name = chosen or services.settings.default_model
     try:
         return name, services.prices.get(name)
     except UnknownModel:
@@ -96,10 +101,12 @@ class ChatFlow:
     async def _run(self, req: Request, lease: Lease) -> AsyncIterator[Event]:
         s = self.s
         settings = s.settings
-        model, price = await chosen_model(s, req.account)
+        chosen, history = await s.conversations.model_and_history(
+            req.account, req.platform, req.chat_id
+        )
+        model, price = price_of(s, chosen)
         context = price.context_window or 4096
         reserve = min(settings.max_reply_tokens, context // 2)
-        history = await s.conversations.history(req.account, req.platform, req.chat_id)
         try:
             prompt = fit(price, settings.system_prompt, history, req.text, context - reserve)
         except TooLong as exc:

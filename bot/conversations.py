@@ -106,6 +106,17 @@ def fit(
     return Prompt(head + kept + tail, tokens, len(kept))
 
 
+def _parse(raw: str | None) -> list[dict]:
+    """A stored history; anything unreadable reads as an empty one."""
+    if not raw:
+        return []
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return []
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+
 class Conversations:
     """Histories and each account's chosen model, in the Store."""
 
@@ -117,14 +128,19 @@ class Conversations:
         return f"conv:{account}:{platform}:{chat_id}"
 
     async def history(self, account: str, platform: str, chat_id: str) -> list[dict]:
-        raw = await self.store.get(self._key(account, platform, chat_id))
-        if not raw:
-            return []
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return []
-        return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        return _parse(await self.store.get(self._key(account, platform, chat_id)))
+
+    async def model_and_history(
+        self, account: str, platform: str, chat_id: str
+    ) -> tuple[str | None, list[dict]]:
+        """The account's chosen model and this chat's history, in one store round trip."""
+        keys = [f"model:{account}", self._key(account, platform, chat_id)]
+        get_many = getattr(self.store, "get_many", None)  # a Store written before get_many
+        if get_many is not None:
+            model, raw = await get_many(keys)
+        else:
+            model, raw = await self.store.get(keys[0]), await self.store.get(keys[1])
+        return model, _parse(raw)
 
     async def append(
         self,

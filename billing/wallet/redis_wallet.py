@@ -23,6 +23,7 @@ Ids carry their account so a call finds the right slot: entry N of account ID is
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -53,6 +54,70 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCRIPTS = ("credit", "hold", "capture", "void", "sweep")
 _SWEEP_BATCH = 500  # holds one sweep script looks at, so no script blocks the server for long
 _PAGE = 500
+
+
+class AutoPipeline:
+    """Sends the commands of concurrent callers together, one pipeline per round trip.
+
+    A call made while nothing is on the wire is sent at once from the caller's own task. Calls
+    made while a command or batch is on the wire queue, and go out as one non-transactional
+    pipeline (one write, one read) when it returns, in the order they were made. Each command
+    is still atomic on its own and the server still runs them in that order, so no result
+    changes; what changes is the cost: most of a command's cost here is its system calls, and
+    a batch pays them once.
+    """
+
+    MAX_BATCH = 512
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._pending: list[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._busy = False  # a command or batch is on the wire
+
+    async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """`client.<command>(*args, **kwargs)`, possibly in a batch with other callers'."""
+        if self._busy:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending.append((command, args, kwargs, fut))
+            return await fut
+        self._busy = True
+        try:
+            return await getattr(self._redis, command)(*args, **kwargs)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """After a round trip: send what queued meanwhile (on a task of its own), or go idle."""
+        if self._pending:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        else:
+            self._busy = False
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+        try:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for command, args, kwargs, _ in batch:
+                        getattr(pipe, command)(*args, **kwargs)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the connection failed: every call in the batch fails
+                results = [exc] * len(batch)
+            for (_, _, _, fut), result in zip(batch, results, strict=True):
+                if fut.done():  # the caller gave up waiting
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        finally:
+            self._next()
+
+    async def drain(self) -> None:
+        """Wait for every queued call to be answered (before closing the client)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.gather(self._flusher, return_exceptions=True)
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
@@ -148,6 +213,7 @@ class RedisWallet:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
+        self._pipe = AutoPipeline(client)
         self._sha: dict[str, str] = {}
         self._source = {
             name: resources.files("billing.wallet").joinpath(f"lua/{name}.lua").read_text()
@@ -168,8 +234,8 @@ class RedisWallet:
     async def _run(self, name: str, keys: tuple[str, ...], *args: Any) -> Any:
         """EVALSHA; after a SCRIPT FLUSH or a failover the scripts are loaded again."""
         try:
-            return await self._redis.execute_command(
-                "EVALSHA", self._sha[name], len(keys), *keys, *args
+            return await self._pipe.call(
+                "execute_command", "EVALSHA", self._sha[name], len(keys), *keys, *args
             )
         except NoScriptError:
             await self._load()
@@ -448,4 +514,5 @@ class RedisWallet:
         return sorted(await self._redis.smembers(ACCOUNTS_KEY))
 
     async def close(self) -> None:
+        await self._pipe.drain()
         await self._redis.aclose()

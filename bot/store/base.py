@@ -6,6 +6,7 @@ only through `billing`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -13,6 +14,10 @@ class Store(Protocol):
     """String keys to string values, with optional expiry and simple sets."""
 
     async def get(self, key: str) -> str | None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """Several `get`s in one round trip, in the order of `keys` (None for absent)."""
+        ...
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> None: ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -104,6 +104,17 @@ class SqlStore:
     async def get(self, key: str) -> str | None:
         rows = await self._read(sa.select(kv.c.value).where(kv.c.key == key, _live(_now_ms())))
         return rows[0][0] if rows else None
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """Several values in one query, in the order of `keys` (None for absent)."""
+        keys = list(keys)
+        if not keys:
+            return []
+        rows = await self._read(
+            sa.select(kv.c.key, kv.c.value).where(kv.c.key.in_(keys), _live(_now_ms()))
+        )
+        found = dict(rows)
+        return [found.get(key) for key in keys]
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         ins = self._insert(kv).values(key=key, value=value, expires_at=_expiry(_now_ms(), ttl))

@@ -132,3 +132,41 @@ async def test_sets(store: Store) -> None:
     await store.srem("mj:tasks", "t1")
     await store.srem("mj:tasks", "nope")
     assert await store.smembers("mj:tasks") == {"t2"}
+
+
+async def test_get_many_reads_several_keys_in_order(store: Store) -> None:
+    """The chat path reads the chosen model and the history in one round trip."""
+    await store.set("model:tg:1", "gpt-4")
+    await store.set("conv:tg:1", "[]", ttl=60)
+    await store.set("gone", "x", ttl=TTL)
+    await asyncio.sleep(TTL + 0.2)
+    assert await store.get_many(["conv:tg:1", "missing", "model:tg:1", "gone"]) == [
+        "[]",
+        None,
+        "gpt-4",
+        None,
+    ]
+    assert await store.get_many([]) == []
+
+
+async def test_calls_made_together_each_get_their_own_answer(store: Store) -> None:
+    """Concurrent calls may share one batch (one transaction / one pipeline): each still gets
+    its own answer, and a refused one does not undo the others."""
+    await store.set("k", "1")
+    await store.set("d", "x")
+    await store.sadd("t", "b")
+    results = await asyncio.gather(
+        store.add("k", "2"),
+        store.add("fresh", "3", ttl=60),
+        store.get("k"),
+        store.delete("never"),
+        store.delete("d"),
+        store.incr("n"),
+        store.get_many(["k", "missing"]),
+        store.sadd("s", "a"),
+        store.smembers("t"),
+        store.set("other", "v", ttl=60),
+    )
+    assert results == [False, True, "1", False, True, 1, ["1", None], None, {"b"}, None]
+    assert await store.get_many(["fresh", "d", "other", "k"]) == ["3", None, "v", "1"]
+    assert await store.smembers("s") == {"a"}
