@@ -301,8 +301,10 @@ class Commands:
         entry = await self.s.wallet.get_entry(entry_id)
         if entry is None:
             return Notice(t("refund_not_found", req.lang, entry=entry_id), kind="error")
-        if entry.amount >= 0:
-            return Notice(t("refund_not_charge", req.lang, entry=entry_id), kind="error")
+        if entry.kind != CAPTURE:
+            # Only a charge can be given back: refunding a /link move or a payment reversal
+            # would create credits that were never paid for.
+            return Notice(t("refund_not_charge", req.lang, entry=entry.id), kind="error")
         marker = f"refund:{entry.id}"
         done = await self.s.store.get(marker)
         if done:

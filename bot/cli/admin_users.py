@@ -21,7 +21,7 @@ import json
 import uuid
 
 from billing.money import format_credits, parse_credits
-from billing.wallet.base import Entry, Wallet
+from billing.wallet.base import CAPTURE, Entry, Wallet
 from bot.accounts import Accounts
 from bot.cli.admin_common import Refused, bank_command
 from bot.store.base import Store
@@ -145,9 +145,14 @@ async def _make_good(
     entry = await wallet.get_entry(entry_id.lstrip("#"))
     if entry is None:
         raise Refused(f"no ledger entry {entry_id!r}")
+    if entry.kind != CAPTURE:
+        # A /link move or a payment reversal is not a charge: making it good would create
+        # credits nobody paid for. Use `grant` for a gift that is not tied to a charge.
+        raise Refused(
+            f"entry {entry.id} is a {entry.kind}, not a charge: only charges can be made good"
+            " (use grant for a gift)"
+        )
     if amount is None:
-        if entry.amount >= 0:
-            raise Refused(f"entry {entry.id} is not a charge; use compensate for other cases")
         amount = -entry.amount
     if amount <= 0:
         raise Refused("the amount must be positive")

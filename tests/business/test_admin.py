@@ -169,6 +169,26 @@ def test_find_grant_refund_and_compensate(cli: Run, sqlite_url: str) -> None:
     assert balance.total == 100_000 + 12_500 - 32_620 + 31_620 + 500
 
 
+def test_refund_and_compensate_accept_only_charges(cli: Run, sqlite_url: str) -> None:
+    async def setup(wallet, store):
+        paid = await wallet.credit("telegram:5", 10_000, "tgstars:c5", "Telegram Stars")
+        reversal = await wallet.debit(
+            "telegram:5", 10_000, "reverse:tgstars:c5", "Stars refunded", ref=paid.id
+        )
+        return paid.id, reversal.id
+
+    paid, reversal = use(sqlite_url, setup)
+    for argv in (("refund", reversal), ("compensate", reversal, "10", "--reason", "x"),
+                 ("refund", paid)):  # fmt: skip
+        code, _, err = cli(*argv)
+        assert code == 1 and "not a charge" in err
+
+    async def total(wallet, store):
+        return (await wallet.balance("telegram:5")).total
+
+    assert use(sqlite_url, total) == 0
+
+
 def test_report_totals_match_the_ledger(any_cli: Run, store_url: str) -> None:
     async def setup(wallet, store):
         await wallet.credit("telegram:1", 99_000_000, "code:abc", "redemption code")

@@ -121,6 +121,24 @@ async def test_refund_is_linked_to_the_entry_and_given_once(core: Core) -> None:
     assert "not a charge" in not_charge.text
 
 
+async def test_refund_refuses_link_moves_and_payment_reversals(core: Core) -> None:
+    """Only charges can be refunded: a refunded /link move or reversal would mint credits."""
+    await fund(core, "wechat:bob", 50)
+    [code_msg] = await ask(core, "/link", user="bob")
+    code = code_msg.text.split("\n")[0].rsplit(" ", 1)[1]
+    await ask(core, f"/link {code}", user="bob", platform="wechat")
+    [moved_out] = await core.wallet.entries("wechat:bob", limit=1)
+    assert moved_out.amount == -50_000
+    await core.credit_payment("telegram", "bob", 7_000, key="stars:r1", reason="stars")
+    reversal = await core.reverse_payment("stars:r1", reason="refunded")
+    for entry in (moved_out, reversal):
+        [refused] = await ask(core, f"/refund {entry.id}", user="admin")
+        assert refused.kind == "error" and "not a charge" in refused.text
+    # 50 credits were paid in and moved; the reversed payment is gone: nothing was minted.
+    total = sum([(await core.wallet.balance(a)).total for a in ("wechat:bob", "telegram:bob")])
+    assert total == 50_000
+
+
 async def test_topup_redeems_a_code_once(core: Core) -> None:
     from bot.codes import create_codes
 
