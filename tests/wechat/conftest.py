@@ -33,17 +33,17 @@ def new_aes_key() -> str:
 
 
 def wechat_settings(api_base: str, *, mode: str, aes_key: str = "", **kw: Any) -> Settings:
-    return Settings(
-        _env_file=None,
-        wechat_token=TOKEN,
-        wechat_appid=APPID,
-        wechat_secret="fakesecret",
-        wechat_aes_key=aes_key,
-        wechat_mode=mode,
-        wechat_api_base=api_base,
-        redis_url="",
-        **kw,
-    )
+    values: dict[str, Any] = {
+        "wechat_token": TOKEN,
+        "wechat_appid": APPID,
+        "wechat_secret": "fakesecret",
+        "wechat_aes_key": aes_key,
+        "wechat_mode": mode,
+        "wechat_api_base": api_base,
+        "redis_url": "",
+    }
+    values.update(kw)
+    return Settings(_env_file=None, **values)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.events import Delivery, ImageResult
+from bot.store import open_store
 from tests.wechat.conftest import StartBot
 from tests.wechat.fake_core import FakeCore
 from tests.wechat.fake_wechat import FakeWeChat
@@ -130,3 +131,24 @@ async def test_stale_access_token_is_refreshed_once(
     await bot.wechat.post(text_xml("o-tok", "b", next_msg_id()))
     await wait_for(lambda: len(fake_wechat.texts_to("o-tok")) == 2)
     assert fake_wechat.token_fetches == 2
+
+
+async def test_with_redis_url_kept_replies_and_token_live_in_redis(
+    start_bot: StartBot, fake_core: FakeCore, fake_wechat: FakeWeChat, redis_url: str
+) -> None:
+    """REDIS_URL: WeChat's shared state (dedupe, kept replies, access_token) goes to Redis,
+    so every process behind the same Redis sees it."""
+    bot = await start_bot(fake_core, mode="customer_service", redis_url=redis_url)
+    fake_wechat.fail_sends(45015)
+    await bot.wechat.post(text_xml("o-redis", "kept", next_msg_id()))
+    await wait_for(lambda: bot.front.outbox.load("o-redis"))
+    shared = await open_store(redis_url)
+    try:
+        assert await shared.get("wx:outbox:o-redis")
+        assert await shared.get(f"wx:token:{fake_wechat.appid}")
+        assert await fake_core.kv.get("wx:outbox:o-redis") is None
+    finally:
+        await shared.close()
+    await bot.wechat.post(text_xml("o-redis", "next", next_msg_id()))
+    await wait_for(lambda: len(fake_wechat.texts_to("o-redis")) == 2)
+    assert fake_wechat.texts_to("o-redis") == ["echo: kept", "echo: next"]
