@@ -7,7 +7,8 @@
   and hands it out one item per "1".
 - `Answers` (passive mode): the one item that answers a MsgId, shared by WeChat's retries of
   it, whichever process they reach; the last retry may give up and leave it to the outbox.
-- `Busy`: which users have work running, so "1" can say "not ready yet" instead of nothing.
+- `Busy`: users whose work outlived its request (the last try said "reply 1"), so a "1" can
+  say "not ready yet" instead of treating "1" as a new question.
 """
 
 from __future__ import annotations
