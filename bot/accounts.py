@@ -8,6 +8,7 @@ credits the second identity had, so one person has one wallet across Telegram an
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 LINK_TTL_SECONDS = 600
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to type
 _CODE_LEN = 8
+CLAIM_TTL_SECONDS = 7 * 24 * 3600  # a half-done link can be finished for a week
 
 
 def identity(platform: str, user_id: str) -> str:
@@ -60,43 +62,68 @@ class Accounts:
     async def link(self, platform: str, user_id: str, code: str) -> tuple[str, int]:
         """Point this identity at the code's account; returns (account, millicredits moved).
 
-        The code is consumed by the delete that succeeds first, so two identities racing for
-        one code cannot both link. Credits the identity had on its old account move with
-        idempotency keys derived from the code, so a retry never moves them twice.
+        Retry-safe: the first identity to use a code claims it with a durable plan (source,
+        target, amount); the credits then move with wallet keys unique to that plan, and the
+        code is consumed only after both moves succeeded. A retry after any failure (same
+        identity, same code, even after the code expired) finishes the same move and never
+        moves twice; another identity is refused. Every identity that paid from the old
+        account is re-pointed too, so no one is left behind on an emptied wallet.
         """
-        key = f"link:{code.strip().upper()}"
-        target = await self.store.get(key)
-        if target is None:
-            raise LinkError("invalid")
-        current = await self.resolve(platform, user_id)
-        if current == target:
-            raise LinkError("same")
-        old = await self.wallet.balance(current)
-        if old.held:
-            raise LinkError("busy")
-        if not await self.store.delete(key):
-            raise LinkError("invalid")
-        moved = 0
-        if old.available > 0:
-            tag = code.strip().upper()
+        tag = code.strip().upper()
+        me = identity(platform, user_id)
+        claim_key = f"linkclaim:{tag}"
+        raw = await self.store.get(claim_key)
+        if raw is None:
+            target = await self.store.get(f"link:{tag}")
+            if target is None:
+                raise LinkError("invalid")
+            current = await self.resolve(platform, user_id)
+            if current == target:
+                raise LinkError("same")
+            old = await self.wallet.balance(current)
+            if old.held:
+                raise LinkError("busy")
+            plan = {"ident": me, "src": current, "dst": target, "amount": max(old.available, 0)}
+            if not await self.store.add(claim_key, json.dumps(plan), ttl=CLAIM_TTL_SECONDS):
+                raw = await self.store.get(claim_key)  # someone claimed it just now
+                if raw is None:
+                    raise LinkError("invalid")
+        if raw is not None:
+            plan = json.loads(raw)
+            if plan["ident"] != me:
+                raise LinkError("invalid")
+        src, dst, amount = str(plan["src"]), str(plan["dst"]), int(plan["amount"])
+        if amount > 0:
+            move = f"link:{tag}:{src}->{dst}"
             out = await self.wallet.debit(
-                current,
-                old.available,
-                f"link:{tag}:out",
-                "moved to linked wallet",
-                meta={"to": target},
+                src, amount, f"{move}:out", "moved to linked wallet", meta={"to": dst}
             )
             await self.wallet.credit(
-                target,
+                dst,
                 -out.amount,
-                f"link:{tag}:in",
+                f"{move}:in",
                 "moved from linked account",
                 ref=out.id,
-                meta={"from": current},
+                meta={"from": src},
             )
-            moved = -out.amount
-        await self.store.set(f"ident:{identity(platform, user_id)}", target)
+        await self._repoint(src, dst, me)
+        await self.store.delete(f"link:{tag}")  # consumed only now that the move is complete
         log.info(
-            "linked identity on %s to another account (moved %d millicredits)", platform, moved
+            "linked identity on %s to another account (moved %d millicredits)", platform, amount
         )
-        return target, moved
+        return dst, amount
+
+    async def _repoint(self, src: str, dst: str, me: str) -> None:
+        """Every identity paying from `src` (and `me`) pays from `dst` from now on."""
+        members = await self.store.smembers(_members(src))
+        members.add(me)
+        if ":" in src and await self.store.get(f"ident:{src}") in (None, src):
+            members.add(src)  # the identity whose own default account this was
+        for ident in sorted(members):
+            await self.store.sadd(_members(dst), ident)
+            await self.store.set(f"ident:{ident}", dst)
+
+
+def _members(account: str) -> str:
+    """The set of identities linked to `account` (kept so a later /link moves them all)."""
+    return f"linked:{account}"

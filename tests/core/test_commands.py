@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from billing.tokens import count_text
 from bot.core import Core
 from bot.events import FinalText, Notice
@@ -87,6 +89,64 @@ async def test_link_joins_a_second_platform_to_one_wallet(core: Core) -> None:
     # A code works once.
     [again] = await ask(core, f"/link {code}", user="oW2", platform="wechat")
     assert isinstance(again, Notice) and "not valid" in again.text
+
+
+class FailingCreditOnce:
+    """The wallet as the link sees it, whose next credit fails (a dropped connection)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.armed = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def credit(self, *args: object, **kw: object) -> object:
+        if self.armed:
+            self.armed = False
+            raise ConnectionError("connection lost")
+        return await self.inner.credit(*args, **kw)
+
+
+async def test_link_interrupted_between_debit_and_credit_is_finished_by_a_retry(
+    core: Core,
+) -> None:
+    await fund(core, "wechat:bob", 50)
+    accounts = core.services.accounts
+    code = await accounts.new_link_code(ACCOUNT)
+    accounts.wallet = FailingCreditOnce(accounts.wallet)  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await ask(core, f"/link {code}", user="bob", platform="wechat")
+    assert (await core.wallet.balance("wechat:bob")).total == 0  # debited, not yet credited
+    # The user retries with the same code: the move completes, once.
+    [linked] = await ask(core, f"/link {code.lower()}", user="bob", platform="wechat")
+    assert "50 credits" in linked.text
+    [again] = await ask(core, f"/link {code}", user="bob", platform="wechat")
+    assert isinstance(again, FinalText)
+    assert (await core.wallet.balance("wechat:bob")).total == 0
+    assert (await core.wallet.balance(ACCOUNT)).total == 50_000
+    assert await core.account_of("wechat", "bob") == ACCOUNT
+    # The code is spent: nobody else can use it.
+    [other] = await ask(core, f"/link {code}", user="eve", platform="wechat")
+    assert isinstance(other, Notice) and "not valid" in other.text
+
+
+async def test_link_takes_every_identity_of_the_old_wallet_along(core: Core) -> None:
+    await fund(core, "telegram:carol", 20)
+    [code_msg] = await ask(core, "/link", user="carol")
+    code = code_msg.text.split("\n")[0].rsplit(" ", 1)[1]
+    await ask(core, f"/link {code}", user="carol", platform="wechat")
+    assert await core.account_of("wechat", "carol") == "telegram:carol"
+    # carol's Telegram joins the console wallet: her WeChat, which paid from the Telegram
+    # wallet (now emptied), follows instead of being stranded.
+    await fund(core, "console:carol", 1)
+    [code_msg] = await ask(core, "/link", user="carol", platform="console")
+    code = code_msg.text.split("\n")[0].rsplit(" ", 1)[1]
+    [linked] = await ask(core, f"/link {code}", user="carol")
+    assert "20 credits" in linked.text
+    for platform in ("telegram", "wechat", "console"):
+        assert await core.account_of(platform, "carol") == "console:carol"
+    assert (await core.wallet.balance("console:carol")).total == 21_000
 
 
 async def test_admin_commands_are_refused_to_others(core: Core) -> None:
