@@ -31,6 +31,7 @@ from billing.pricing import UnknownModel
 from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
 from bot.context import Request, Services
 from bot.events import Action, Delivery, Event, ImageResult, Notice, Progress
+from bot.holds import hold_or_void, void_shielded
 from bot.i18n import t
 from bot.providers.errors import UpstreamError
 from bot.providers.midjourney import (
@@ -242,11 +243,13 @@ class ImageFlow:
                 yield Notice(t("imagine_disabled", req.lang), kind="error")
                 return
             try:
-                hold = await s.wallet.hold(
+                hold = await hold_or_void(
+                    s.wallet,
                     req.account,
                     price,
                     f"mj:{req.platform}:{req.message_id}",
                     ttl=s.settings.mj_task_timeout_seconds + s.settings.hold_ttl_seconds,
+                    reason="cancelled before submit",
                 )
             except InsufficientCredits as exc:
                 yield Notice(
@@ -262,17 +265,23 @@ class ImageFlow:
             if hold.status != HELD:
                 return  # a replayed message whose task was already submitted and settled
             notify = s.settings.mj_notify_url or None
+            # From here until a task record is stored, the hold is ours alone to settle:
+            # anything else (a cancellation, a store error) voids it, never leaving it live.
             try:
-                if parent_task is None:
-                    result = await s.mj.submit_imagine(prompt, notify_hook=notify)
+                try:
+                    if parent_task is None:
+                        result = await s.mj.submit_imagine(prompt, notify_hook=notify)
+                    else:
+                        result = await s.mj.submit_action(parent_task, action, notify_hook=notify)
+                except (UpstreamError, ValueError) as exc:
+                    log.warning("midjourney submit failed: %s", exc)
+                    await self._void(hold.id, "submit failed")
+                    notice = Notice(t("imagine_error", req.lang), kind="error")
                 else:
-                    result = await s.mj.submit_action(parent_task, action, notify_hook=notify)
-            except (UpstreamError, ValueError) as exc:
-                log.warning("midjourney submit failed: %s", exc)
-                await self._void(hold.id, "submit failed")
-                yield Notice(t("imagine_error", req.lang), kind="error")
-                return
-            record, notice = await self._register(req, result, hold, action, prompt, parent)
+                    record, notice = await self._register(req, result, hold, action, prompt, parent)
+            except BaseException:
+                await void_shielded(s.wallet, hold.id, "interrupted before the task was stored")
+                raise
             yield notice
         finally:
             await lease.release()
@@ -315,13 +324,15 @@ class ImageFlow:
             parent=parent.task_id if parent else None,
         )
         key = f"mj:task:{record.task_id}"
+        # Listed as open first: once the record is stored, resume() always finds it (an id
+        # listed without a record is dropped by resume()).
+        await self.s.store.sadd(OPEN, record.task_id)
         if not await self.s.store.add(key, record.dumps()):
             # Code 21 for a task we already hold credit for (or a race to register it):
             # follow the existing task and release this second hold.
             await self._void(hold.id, "task already exists")
             existing = await self.load(record.task_id)
             return existing, Notice(t("imagine_exists", req.lang))
-        await self.s.store.sadd(OPEN, record.task_id)
         key = "imagine_queued" if result.code == QUEUED else "imagine_submitted"
         return record, Notice(t(key, req.lang, price=price))
 
@@ -383,9 +394,6 @@ class ImageFlow:
                 await self.s.store.set(
                     tracker.lease_key, tracker.lease_token, ttl=TRACK_LEASE_SECONDS
                 )
-                if time.time() >= deadline:
-                    await self._settle(record, "void", None, status="timeout")
-                    break
                 task: MjTask | None = None
                 try:
                     assert self.s.mj is not None
@@ -405,6 +413,12 @@ class ImageFlow:
                     if task.status in (FAILURE, CANCEL, MODAL):
                         await self._settle(record, "void", task, status="failed")
                         break
+                # The deadline counts only for a task that has not finished: one that finished
+                # near it (or while the bot was down) is delivered and charged as usual.
+                if time.time() >= deadline:
+                    await self._settle(record, "void", task, status="timeout")
+                    break
+                if task is not None:
                     if task.progress != last_progress and (task.progress or last_progress):
                         last_progress = task.progress
                         self._publish(tracker, self._progress(record, task))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 from bot.core import Core
 from bot.events import Delivery, ImageResult, Notice, Progress
 from bot.simulator import Simulator, start_simulator
+from bot.store import open_store
 from tests.core.conftest import PRICES, MakeCore, ask, captures, fund, message, of_type
 
 ACCOUNT = "telegram:u1"
@@ -174,3 +177,99 @@ async def test_images_settle_once_on_every_backend(make_core: MakeCore, store_ur
     assert of_type(again, ImageResult)[0].task_id == of_type(twice, ImageResult)[0].task_id
     assert len(await captures(core, ACCOUNT)) == 2
     assert await settled(core, ACCOUNT) == (7_000_000 - 2 * IMAGINE, 0)
+
+
+async def test_image_finished_while_the_bot_was_down_past_the_deadline_is_delivered(
+    make_core: MakeCore, sqlite_url: str
+) -> None:
+    """The deadline voids only unfinished tasks: a finished one is fetched and delivered."""
+    slow = await start_simulator(mj_duration=0.5)
+    try:
+        first = await make_core(sqlite_url, simulator=slow, mj_task_timeout_seconds=60)
+        await fund(first, ACCOUNT, 5000)
+        events = first.handle(message("/imagine a lighthouse"))
+        assert "reserved" in (await anext(events)).text
+        await events.aclose()
+        [task_id] = await first.kv.smembers("mj:open")
+        await first.close()
+        await asyncio.sleep(0.7)  # the image finishes while the bot is down...
+        store = await open_store(sqlite_url)
+        raw = json.loads(await store.get(f"mj:task:{task_id}"))
+        raw["created_at"] = time.time() - 3600  # ...and the bot comes back after its deadline
+        await store.set(f"mj:task:{task_id}", json.dumps(raw))
+        await store.close()
+        second = await make_core(sqlite_url, simulator=slow, mj_task_timeout_seconds=60)
+        delivered: list[Delivery] = []
+
+        async def sink(delivery: Delivery) -> None:
+            delivered.append(delivery)
+
+        second.set_sink("telegram", sink)
+        for _ in range(100):
+            if delivered:
+                break
+            await asyncio.sleep(0.05)
+        [delivery] = delivered
+        assert isinstance(delivery.event, ImageResult)
+        assert await settled(second, ACCOUNT) == (5_000_000 - IMAGINE, 0)
+    finally:
+        await slow.close()
+
+
+class HoldThatLands:
+    """A wallet whose hold commits a moment after the caller may already have gone."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.started = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def hold(self, *args: object, **kw: object) -> object:
+        self.started.set()
+        # Like the SQLite writer thread or a Redis script: once sent, it commits anyway.
+        return await asyncio.shield(asyncio.ensure_future(self._land(*args, **kw)))
+
+    async def _land(self, *args: object, **kw: object) -> object:
+        await asyncio.sleep(0.05)
+        return await self.inner.hold(*args, **kw)  # type: ignore[attr-defined]
+
+
+async def until_nothing_held(core: Core, account: str) -> int:
+    for _ in range(50):
+        if (await core.wallet.balance(account)).held == 0:
+            break
+        await asyncio.sleep(0.02)
+    return (await core.wallet.balance(account)).held
+
+
+async def test_imagine_cancelled_while_holding_leaves_no_hold(core: Core) -> None:
+    await fund(core, ACCOUNT, 5000)
+    wallet = HoldThatLands(core.services.wallet)
+    core.services.wallet = wallet  # type: ignore[assignment]
+    job = asyncio.create_task(ask(core, "/imagine a harbour at dawn"))
+    await wallet.started.wait()
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)
+    assert await until_nothing_held(core, ACCOUNT) == 0
+    assert await settled(core, ACCOUNT) == (5_000_000, 0)
+
+
+async def test_imagine_store_error_before_the_task_is_recorded_voids_the_hold(
+    core: Core, monkeypatch
+) -> None:
+    await fund(core, ACCOUNT, 5000)
+    add = core.kv.add
+
+    async def failing_add(key: str, *args: object, **kw: object) -> bool:
+        if key.startswith("mj:task:"):
+            raise ConnectionError("store went away")
+        return await add(key, *args, **kw)
+
+    monkeypatch.setattr(core.kv, "add", failing_add)
+    try:
+        await ask(core, "/imagine a bridge in fog")
+    except ConnectionError:
+        pass
+    assert await settled(core, ACCOUNT) == (5_000_000, 0)
