@@ -12,6 +12,7 @@ user enough to recompute each charge.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
 from bot.context import Request, Services
 from bot.conversations import Prompt, TooLong, fit
 from bot.events import Event, FinalText, Notice, TextDelta
+from bot.holds import hold_or_void, run_shielded
 from bot.i18n import t
 from bot.limits import Lease
 from bot.providers.errors import (
@@ -139,9 +141,7 @@ class ChatFlow:
                 )
         finally:
             if not out.settled:  # the consumer went away (or a bug): settle what we know
-                out.stopped = True
-                with contextlib.suppress(Exception):
-                    await self._settle(req, hold.id, hold.amount, model, price, prompt, out)
+                await self._settle_abandoned(req, hold, model, price, prompt, out)
 
         if out.error and not out.parts and out.cut is None:
             yield Notice(t(out.error, req.lang), kind="error")
@@ -151,6 +151,30 @@ class ChatFlow:
                 t("stream_cut", req.lang, credits=format_credits(out.charged)), kind="info"
             )
         yield FinalText(out.text, stopped=out.stopped)
+
+    async def _settle_abandoned(
+        self, req: Request, hold: Hold, model: str, price: ModelPrice, prompt: Prompt, out: _Outcome
+    ) -> None:
+        """Settle a reply whose consumer went away before it ended.
+
+        The user's own stop charges what was generated. Otherwise the adapter went away
+        (cancelled, shut down): what was streamed is charged only where the platform showed
+        it as it came (Telegram, console); where it shows only whole replies (WeChat) the
+        user saw nothing, so the hold is voided. Shielded: a second cancellation cannot leave
+        the hold live.
+        """
+        user_stopped = req.stop is not None and req.stop.is_set()
+        if not user_stopped and not req.shows_partial:
+            out.parts.clear()
+            out.cut = None
+            out.usage = None
+        out.stopped = True
+        try:
+            await run_shielded(self._settle(req, hold.id, hold.amount, model, price, prompt, out))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("settling an abandoned chat hold %s failed", hold.id)
 
     async def _hold(
         self, req: Request, price: ModelPrice, prompt: Prompt, context: int
@@ -170,11 +194,13 @@ class ChatFlow:
             if max_reply < settings.min_reply_tokens:
                 break
             try:
-                hold = await self.s.wallet.hold(
+                hold = await hold_or_void(
+                    self.s.wallet,
                     req.account,
                     price.chat_cost(prompt.tokens, max_reply),
                     f"chat:{req.platform}:{req.message_id}",
                     ttl=settings.hold_ttl_seconds,
+                    reason="cancelled before the reply",
                 )
                 return hold, max_reply, available
             except InsufficientCredits as exc:

@@ -46,6 +46,7 @@ class Request:
     lang: str
     account: str
     stop: asyncio.Event | None = None
+    shows_partial: bool = True  # the platform shows text as it streams (see Message)
 
     @property
     def ident(self) -> str:

@@ -176,6 +176,7 @@ class Core:
             lang=lang,
             account=account,
             stop=stop,
+            shows_partial=getattr(msg, "shows_partial", True),
         )
         if not req.text:
             yield Notice(t("empty_message", lang))

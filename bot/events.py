@@ -23,6 +23,9 @@ class Message:
     language: str | None = None  # the user's language code from the platform, if any
     user_name: str = ""
     is_private: bool = True
+    # Whether the platform shows a reply while it streams (Telegram, console: yes; WeChat
+    # sends only whole replies): decides what a reply cut short by the adapter costs.
+    shows_partial: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from billing.wallet.base import HELD, Hold, HoldNotActive, Wallet
 
 log = logging.getLogger(__name__)
 
-_voids: set[asyncio.Task[None]] = set()  # strong references until each void is done
+T = TypeVar("T")
+_voids: set[asyncio.Task[Any]] = set()  # strong references until each settlement is done
 
 
 async def hold_or_void(
@@ -53,7 +56,12 @@ async def void_quietly(wallet: Wallet, hold_id: str, reason: str) -> None:
 
 async def void_shielded(wallet: Wallet, hold_id: str, reason: str) -> None:
     """Void from a flow that may be being cancelled: the void itself always runs to the end."""
-    task = asyncio.ensure_future(void_quietly(wallet, hold_id, reason))
+    await run_shielded(void_quietly(wallet, hold_id, reason))
+
+
+async def run_shielded(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` so that cancelling the caller cannot stop it half-way (money settles)."""
+    task = asyncio.ensure_future(work)
     _voids.add(task)
     task.add_done_callback(_voids.discard)
-    await asyncio.shield(task)
+    return await asyncio.shield(task)

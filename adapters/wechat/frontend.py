@@ -164,6 +164,7 @@ class WeChatFrontEnd:
             text=command_text(text),
             images=(str(wx.image),) if wx.type == "image" and wx.image else (),
             language=self.language,
+            shows_partial=False,  # a WeChat reply is sent whole: partial text is never seen
         )
         key = f"{wx.target}:{wx.id}"
         if self.mode == CUSTOMER_SERVICE:

@@ -224,3 +224,54 @@ async def test_money_rules_on_every_backend(make_core: MakeCore, store_url: str)
     assert [e.meta["rule"] for e in await captures(core, ACCOUNT)] == ["cut", "usage"]
     balance = await core.wallet.balance(ACCOUNT)
     assert (balance.total, balance.held) == (100_000 - expected, 0)
+
+
+async def cancelled_mid_stream(core: Core, msg) -> list[str]:
+    """The adapter's job is cancelled (e.g. a shutdown) after the first piece of the reply."""
+    streamed: list[str] = []
+    first_piece = asyncio.Event()
+
+    async def job() -> None:
+        async for event in core.handle(msg):
+            if isinstance(event, TextDelta):
+                streamed.append(event.text)
+                first_piece.set()
+
+    task = asyncio.create_task(job())
+    await first_piece.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return streamed
+
+
+async def test_adapter_gone_on_wechat_charges_nothing_the_user_never_saw(core: Core) -> None:
+    await fund(core, "wechat:oA", 100)
+    msg = message("Write slowly [[fault:slow]]", "oA", platform="wechat", shows_partial=False)
+    assert await cancelled_mid_stream(core, msg)  # text streamed, but WeChat shows none of it
+    assert await captures(core, "wechat:oA") == []
+    balance = await core.wallet.balance("wechat:oA")
+    assert (balance.total, balance.held) == (100_000, 0)
+
+
+async def test_adapter_gone_on_telegram_charges_the_text_already_shown(core: Core) -> None:
+    await fund(core, ACCOUNT, 100)
+    text = "Write slowly [[fault:slow]]"
+    shown = "".join(await cancelled_mid_stream(core, message(text)))
+    cost = PRICES.chat_cost(MODEL, prompt_tokens(MODEL, text), count_text(MODEL, shown))
+    [entry] = await captures(core, ACCOUNT)
+    assert (entry.amount, entry.meta["rule"]) == (-cost, "stopped")
+    assert (await core.wallet.balance(ACCOUNT)).held == 0
+
+
+async def test_chat_cancelled_while_holding_leaves_no_hold(core: Core) -> None:
+    from tests.core.test_imagine import HoldThatLands, until_nothing_held
+
+    await fund(core, ACCOUNT, 100)
+    wallet = HoldThatLands(core.services.wallet)
+    core.services.wallet = wallet  # type: ignore[assignment]
+    job = asyncio.create_task(ask(core, "hello [[tokens:5]]"))
+    await wallet.started.wait()
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)
+    assert await until_nothing_held(core, ACCOUNT) == 0
+    assert await captures(core, ACCOUNT) == []
