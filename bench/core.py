@@ -57,6 +57,9 @@ class MemoryStore:
     async def get(self, key: str) -> str | None:
         return self._live(key)
 
+    async def batch(self, ops: list[tuple]) -> list:
+        return [await getattr(self, op[0])(*op[1:]) for op in ops]
+
     async def get_many(self, keys: list[str]) -> list[str | None]:
         return [self._live(key) for key in keys]
 

@@ -24,7 +24,7 @@ from billing.pricing import ModelPrice, UnknownModel
 from billing.tokens import count_text
 from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
 from bot.context import Request, Services
-from bot.conversations import Prompt, TooLong, fit
+from bot.conversations import Prompt, TooLong, fit, parse_history
 from bot.events import Event, FinalText, Notice, TextDelta
 from bot.holds import hold_or_void, run_shielded
 from bot.i18n import t
@@ -37,6 +37,7 @@ from bot.providers.errors import (
     UpstreamError,
 )
 from bot.providers.openai import Usage
+from bot.store.base import Op
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,29 @@ class ChatFlow:
         self.s = services
 
     async def run(self, req: Request) -> AsyncIterator[Event]:
-        lease = await self.s.limiter.acquire(req.account)
+        # One round trip takes the lease and reads the model and the history; one more saves
+        # the history and frees the lease (see Lease.release).
+        conv = self.s.conversations
+        lease, (chosen, raw) = await self.s.limiter.acquire_and_read(
+            req.account, conv.keys(req.account, req.platform, req.chat_id)
+        )
         if lease is None:
             yield Notice(t("wait", req.lang), kind="wait")
             return
+        save: list[Op] = []
         try:
-            async with contextlib.aclosing(self._run(req, lease)) as events:
+            run = self._run(req, lease, chosen, parse_history(raw), save)
+            async with contextlib.aclosing(run) as events:
                 async for event in events:
                     yield event
         finally:
-            await lease.release()
+            await lease.release(*save)
 
-    async def _run(self, req: Request, lease: Lease) -> AsyncIterator[Event]:
+    async def _run(
+        self, req: Request, lease: Lease, chosen: str | None, history: list[dict], save: list[Op]
+    ) -> AsyncIterator[Event]:
         s = self.s
         settings = s.settings
-        chosen, history = await s.conversations.model_and_history(
-            req.account, req.platform, req.chat_id
-        )
         model, price = price_of(s, chosen)
         context = price.context_window or 4096
         reserve = min(settings.max_reply_tokens, context // 2)
@@ -135,9 +142,11 @@ class ChatFlow:
                 async for event in events:
                     yield event
             await self._settle(req, hold.id, hold.amount, model, price, prompt, out)
-            if out.parts or out.cut is not None:
-                await s.conversations.append(
-                    req.account, req.platform, req.chat_id, req.text, out.text, history=history
+            if out.parts or out.cut is not None:  # saved as the lease is freed, in one trip
+                save.append(
+                    s.conversations.saving(
+                        req.account, req.platform, req.chat_id, req.text, out.text, history
+                    )
                 )
         finally:
             if not out.settled:  # the consumer went away (or a bug): settle what we know

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from billing.pricing import ModelPrice
 from billing.tokens import count_messages
-from bot.store.base import Store
+from bot.store.base import Op, Store
 
 MAX_STORED_MESSAGES = 40  # older turns could never fit a useful window anyway
 CONVERSATION_TTL_SECONDS = 30 * 86400
@@ -106,7 +106,7 @@ def fit(
     return Prompt(head + kept + tail, tokens, len(kept))
 
 
-def _parse(raw: str | None) -> list[dict]:
+def parse_history(raw: str | None) -> list[dict]:
     """A stored history; anything unreadable reads as an empty one."""
     if not raw:
         return []
@@ -128,19 +128,23 @@ class Conversations:
         return f"conv:{account}:{platform}:{chat_id}"
 
     async def history(self, account: str, platform: str, chat_id: str) -> list[dict]:
-        return _parse(await self.store.get(self._key(account, platform, chat_id)))
+        return parse_history(await self.store.get(self._key(account, platform, chat_id)))
+
+    def keys(self, account: str, platform: str, chat_id: str) -> list[str]:
+        """The store keys of the account's chosen model and of this chat's history."""
+        return [f"model:{account}", self._key(account, platform, chat_id)]
 
     async def model_and_history(
         self, account: str, platform: str, chat_id: str
     ) -> tuple[str | None, list[dict]]:
         """The account's chosen model and this chat's history, in one store round trip."""
-        keys = [f"model:{account}", self._key(account, platform, chat_id)]
+        keys = self.keys(account, platform, chat_id)
         get_many = getattr(self.store, "get_many", None)  # a Store written before get_many
         if get_many is not None:
             model, raw = await get_many(keys)
         else:
             model, raw = await self.store.get(keys[0]), await self.store.get(keys[1])
-        return model, _parse(raw)
+        return model, parse_history(raw)
 
     async def append(
         self,
@@ -159,14 +163,27 @@ class Conversations:
         """
         if history is None:
             history = await self.history(account, platform, chat_id)
-        history = [*history]
-        history.append({"role": "user", "content": user_text})
+        op = self.saving(account, platform, chat_id, user_text, reply, history)
+        await self.store.set(*op[1:])
+
+    def saving(
+        self,
+        account: str,
+        platform: str,
+        chat_id: str,
+        user_text: str,
+        reply: str,
+        history: list[dict],
+    ) -> Op:
+        """The store write that adds one exchange to `history` (see `append`), for a batch."""
+        history = [*history, {"role": "user", "content": user_text}]
         history.append({"role": "assistant", "content": reply})
         history = history[-MAX_STORED_MESSAGES:]
-        await self.store.set(
+        return (
+            "set",
             self._key(account, platform, chat_id),
             json.dumps(history, ensure_ascii=False),
-            ttl=CONVERSATION_TTL_SECONDS,
+            CONVERSATION_TTL_SECONDS,
         )
 
     async def reset(self, account: str, platform: str, chat_id: str) -> None:

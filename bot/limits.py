@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from bot.store.base import Store
+from bot.store.base import Op, Store, batch
 
 DEFAULT_LEASE_SECONDS = 180.0
 
@@ -32,13 +32,19 @@ class Lease:
             self._renewed = now
             await self._store.set(self._key, self._token, ttl=self._ttl)
 
-    async def release(self) -> None:
+    async def release(self, *first: Op) -> None:
         """Free the slot. A lease is renewed while its request runs, so the key is still ours
-        (deleting without reading first saves a round trip on every message)."""
+        (deleting without reading first saves a round trip on every message).
+
+        `first`: store writes to make before the slot is freed, in the same round trip (the
+        request's conversation), so whoever takes the slot next sees them.
+        """
         if self.released:
+            if first:
+                await batch(self._store, first)
             return
         self.released = True
-        await self._store.delete(self._key)
+        await batch(self._store, [*first, ("delete", self._key)])
 
 
 class InflightLimiter:
@@ -48,6 +54,21 @@ class InflightLimiter:
         self.store = store
         self.limit = max(1, limit)
         self.ttl = ttl
+
+    async def acquire_and_read(
+        self, account: str, keys: list[str]
+    ) -> tuple[Lease | None, list[str | None]]:
+        """`acquire`, and the values of `keys` read in the same round trip (read either way)."""
+        token = secrets.token_hex(8)
+        key = f"inflight:{account}:0"
+        won, values = await batch(self.store, [("add", key, token, self.ttl), ("get_many", keys)])
+        if won:
+            return Lease(self.store, key, token, self.ttl), values
+        for slot in range(1, self.limit):
+            key = f"inflight:{account}:{slot}"
+            if await self.store.add(key, token, ttl=self.ttl):
+                return Lease(self.store, key, token, self.ttl), values
+        return None, values
 
     async def acquire(self, account: str) -> Lease | None:
         """A lease, or None when the account already has `limit` requests in flight."""

@@ -56,6 +56,9 @@ _SWEEP_BATCH = 500  # holds one sweep script looks at, so no script blocks the s
 _PAGE = 500
 
 
+_Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # (method name, args, kwargs)
+
+
 class AutoPipeline:
     """Sends the commands of concurrent callers together, one pipeline per round trip.
 
@@ -84,6 +87,24 @@ class AutoPipeline:
         self._busy = True
         try:
             return await getattr(self._redis, command)(*args, **kwargs)
+        finally:
+            self._next()
+
+    async def call_many(self, calls: list[_Call]) -> list[Any]:
+        """Several commands in one pipeline, in order; each result, or its error, in place."""
+        if self._busy:
+            loop = asyncio.get_running_loop()
+            futs: list[asyncio.Future[Any]] = []
+            for command, args, kwargs in calls:
+                futs.append(loop.create_future())
+                self._pending.append((command, args, kwargs, futs[-1]))
+            return list(await asyncio.gather(*futs, return_exceptions=True))
+        self._busy = True
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command, args, kwargs in calls:
+                    getattr(pipe, command)(*args, **kwargs)
+                return list(await pipe.execute(raise_on_error=False))
         finally:
             self._next()
 

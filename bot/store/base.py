@@ -7,7 +7,7 @@ only through `billing`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Store(Protocol):
@@ -37,4 +37,28 @@ class Store(Protocol):
 
     async def smembers(self, name: str) -> set[str]: ...
 
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """Several calls in one round trip, run in order; each answer as its call would give.
+
+        Each op is `(method name, *args)`, e.g. `("add", key, value, ttl)`, `("get_many", keys)`,
+        `("set", key, value, ttl)`, `("delete", key)`. Each stays atomic on its own (the batch
+        is not a transaction: a later op sees the earlier ones' effects, another process may
+        interleave). If an op fails, its error is raised; later ops may or may not have run.
+        """
+        ...
+
     async def close(self) -> None: ...
+
+
+Op = tuple[Any, ...]
+
+
+async def run_in_order(store: Any, ops: Sequence[Op]) -> list[Any]:
+    """`batch` for a store without a faster way: the calls one after another."""
+    return [await getattr(store, op[0])(*op[1:]) for op in ops]
+
+
+async def batch(store: Any, ops: Sequence[Op]) -> list[Any]:
+    """`store.batch(ops)`, or the calls one by one on a Store written before `batch`."""
+    fn = getattr(store, "batch", None)
+    return await (fn(ops) if fn is not None else run_in_order(store, ops))

@@ -15,9 +15,18 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from billing.wallet.redis_wallet import AutoPipeline, connect
+from bot.store.base import Op, run_in_order
 
 KV_PREFIX = "creditbot:kv:"
 SET_PREFIX = "creditbot:set:"
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _none(_value: Any) -> None:
+    return None
 
 
 def _ms(ttl: float) -> int:
@@ -39,6 +48,47 @@ class RedisStore:
 
     async def _call(self, command: str, *args: Any, **kwargs: Any) -> Any:
         return await self._pipe.call(command, *args, **kwargs)
+
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """Every op in one pipeline (non-transactional), in order."""
+        calls = [self._command(op[0], *op[1:]) for op in ops]
+        if any(call is None for call in calls):  # incr with a ttl is a MULTI of its own
+            return await run_in_order(self, ops)
+        results = await self._pipe.call_many([call[:3] for call in calls])  # type: ignore[index]
+        out = []
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, Exception):
+                raise result
+            out.append(call[3](result))  # type: ignore[index]
+        return out
+
+    @staticmethod
+    def _command(name: str, *args: Any) -> tuple[str, tuple[Any, ...], dict[str, Any], Any] | None:
+        """The redis-py call for one Store op, and how to turn its reply into the answer."""
+        same = _same
+        if name == "get":
+            return "get", (KV_PREFIX + args[0],), {}, same
+        if name == "get_many":
+            return "mget", ([KV_PREFIX + k for k in args[0]],), {}, list
+        if name in ("set", "add"):
+            ttl = args[2] if len(args) > 2 else None
+            kwargs = {"px": None if ttl is None else _ms(ttl)}
+            if name == "add":
+                return "set", (KV_PREFIX + args[0], args[1]), {**kwargs, "nx": True}, bool
+            return "set", (KV_PREFIX + args[0], args[1]), kwargs, _none
+        if name == "delete":
+            return "delete", (KV_PREFIX + args[0],), {}, bool
+        if name == "incr":
+            return (
+                None
+                if len(args) > 1 and args[1] is not None
+                else ("incr", (KV_PREFIX + args[0],), {}, int)
+            )
+        if name in ("sadd", "srem"):
+            return name, (SET_PREFIX + args[0], args[1]), {}, _none
+        if name == "smembers":
+            return "smembers", (SET_PREFIX + args[0],), {}, set
+        raise ValueError(f"not a Store call: {name!r}")
 
     async def get(self, key: str) -> str | None:
         return await self._call("get", KV_PREFIX + key)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing.wallet.sql_engine import create_engine, is_sqlite, migrate, retrying, writer
+from bot.store.base import Op, run_in_order
 
 T = TypeVar("T")
 
@@ -191,6 +192,10 @@ class SqlStore:
     async def smembers(self, name: str) -> set[str]:
         rows = await self._read(sa.select(kv_sets.c.member).where(kv_sets.c.name == name))
         return {row[0] for row in rows}
+
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """The ops one after another (each its own statement, as for a single call)."""
+        return await run_in_order(self, ops)
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -35,6 +35,7 @@ from billing.wallet.sql_engine import (
     migrate,
     normalize_url,
 )
+from bot.store.base import Op
 
 T = TypeVar("T")
 
@@ -72,6 +73,11 @@ _PURGE = "DELETE FROM bot_kv WHERE expires_at <= ?"
 
 def _expiry(now: int, ttl: float | None) -> int | None:
     return None if ttl is None else now + max(1, int(ttl * 1000))
+
+
+def _relaxed(write: bool, key: str | None) -> bool:
+    """True for a read, or a write of a key whose loss after a power cut is harmless."""
+    return not write or (key is not None and key.startswith(RELAXED_PREFIXES))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -130,8 +136,7 @@ class SqliteStore:
 
     # --- the queue ---------------------------------------------------------------------------
 
-    async def _call(self, op: _Op, *, write: bool = False, key: str = "") -> Any:
-        relaxed = write and key.startswith(RELAXED_PREFIXES)
+    async def _call(self, op: _Op, *, write: bool, relaxed: bool) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, write, relaxed, fut))
         if self._flusher is None or self._flusher.done():
@@ -218,14 +223,49 @@ class SqliteStore:
 
     # --- the Store protocol ------------------------------------------------------------------
 
-    async def get(self, key: str) -> str | None:
+    def _op(self, name: str, *args: Any) -> tuple[_Op, bool, str | None]:
+        """(the blocking function, writes?, the key written) for one Store call."""
+        return getattr(self, "_op_" + name)(*args)
+
+    async def _one(self, name: str, *args: Any) -> Any:
+        fn, write, key = self._op(name, *args)
+        return await self._call(fn, write=write, relaxed=_relaxed(write, key))
+
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """Every op in one hand-off to the store's thread (one transaction if any writes)."""
+        built = [self._op(op[0], *op[1:]) for op in ops]
+        if not built:
+            return []
+
+        def fn(cur: sqlite3.Cursor, now: int) -> list[tuple[bool, Any]]:
+            out: list[tuple[bool, Any]] = []
+            for one, _, _ in built:
+                try:
+                    out.append((True, one(cur, now)))
+                except sqlite3.OperationalError as exc:
+                    if _transient(exc):
+                        raise
+                    out.append((False, exc))
+            return out
+
+        write = any(w for _, w, _ in built)
+        relaxed = all(_relaxed(w, key) for _, w, key in built)
+        results = await self._call(fn, write=write, relaxed=relaxed)
+        for ok, value in results:
+            if not ok:
+                raise value
+        return [value for _, value in results]
+
+    @staticmethod
+    def _op_get(key: str) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> str | None:
             row = cur.execute(_GET, (key, now)).fetchone()
             return row[0] if row else None
 
-        return await self._call(op)
+        return op, False, None
 
-    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+    @staticmethod
+    def _op_get_many(keys: Sequence[str]) -> tuple[_Op, bool, str | None]:
         keys = list(keys)
 
         def op(cur: sqlite3.Cursor, now: int) -> list[str | None]:
@@ -235,44 +275,84 @@ class SqliteStore:
                 out.append(row[0] if row else None)
             return out
 
-        return await self._call(op) if keys else []
+        return op, False, None
 
-    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+    @staticmethod
+    def _op_set(key: str, value: str, ttl: float | None = None) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> None:
             cur.execute(_SET, (key, value, _expiry(now, ttl)))
 
-        await self._call(op, write=True, key=key)
+        return op, True, key
 
-    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+    @staticmethod
+    def _op_add(key: str, value: str, ttl: float | None = None) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> bool:
             return cur.execute(_ADD, (key, value, _expiry(now, ttl), now)).fetchone() is not None
 
-        return await self._call(op, write=True, key=key)
+        return op, True, key
 
-    async def delete(self, key: str) -> bool:
+    @staticmethod
+    def _op_delete(key: str) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> bool:
             row = cur.execute(_DELETE, (key,)).fetchone()
             return row is not None and (row[0] is None or row[0] > now)
 
-        return await self._call(op, write=True, key=key)
+        return op, True, key
 
-    async def incr(self, key: str, ttl: float | None = None) -> int:
+    @staticmethod
+    def _op_incr(key: str, ttl: float | None = None) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> int:
             return int(cur.execute(_INCR, (key, _expiry(now, ttl), now, now)).fetchone()[0])
 
-        return await self._call(op, write=True, key=key)
+        return op, True, key
 
-    async def sadd(self, name: str, member: str) -> None:
-        await self._call(lambda cur, _now: cur.execute(_SADD, (name, member)) and None, write=True)
+    @staticmethod
+    def _op_sadd(name: str, member: str) -> tuple[_Op, bool, str | None]:
+        def op(cur: sqlite3.Cursor, now: int) -> None:
+            cur.execute(_SADD, (name, member))
 
-    async def srem(self, name: str, member: str) -> None:
-        await self._call(lambda cur, _now: cur.execute(_SREM, (name, member)) and None, write=True)
+        return op, True, None
 
-    async def smembers(self, name: str) -> set[str]:
+    @staticmethod
+    def _op_srem(name: str, member: str) -> tuple[_Op, bool, str | None]:
+        def op(cur: sqlite3.Cursor, now: int) -> None:
+            cur.execute(_SREM, (name, member))
+
+        return op, True, None
+
+    @staticmethod
+    def _op_smembers(name: str) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> set[str]:
             return {row[0] for row in cur.execute(_SMEMBERS, (name,)).fetchall()}
 
-        return await self._call(op)
+        return op, False, None
+
+    async def get(self, key: str) -> str | None:
+        return await self._one("get", key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return await self._one("get_many", keys) if keys else []
+
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        await self._one("set", key, value, ttl)
+
+    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        return await self._one("add", key, value, ttl)
+
+    async def delete(self, key: str) -> bool:
+        return await self._one("delete", key)
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        return await self._one("incr", key, ttl)
+
+    async def sadd(self, name: str, member: str) -> None:
+        await self._one("sadd", name, member)
+
+    async def srem(self, name: str, member: str) -> None:
+        await self._one("srem", name, member)
+
+    async def smembers(self, name: str) -> set[str]:
+        return await self._one("smembers", name)
 
     async def close(self) -> None:
         if self._flusher is not None:

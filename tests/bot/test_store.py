@@ -170,3 +170,25 @@ async def test_calls_made_together_each_get_their_own_answer(store: Store) -> No
     assert results == [False, True, "1", False, True, 1, ["1", None], None, {"b"}, None]
     assert await store.get_many(["fresh", "d", "other", "k"]) == ["3", None, "v", "1"]
     assert await store.smembers("s") == {"a"}
+
+
+async def test_batch_runs_calls_in_order_with_their_own_answers(store: Store) -> None:
+    """The chat path takes its lease and reads in one round trip, and saves the history and
+    frees the lease in another: each call answers as it would alone, in order."""
+    await store.set("model:tg:1", "gpt-4")
+    assert await store.batch(
+        [("add", "inflight:tg:1:0", "t1", 60), ("get_many", ["model:tg:1", "conv:tg:1:c"])]
+    ) == [True, ["gpt-4", None]]
+    assert await store.batch([("add", "inflight:tg:1:0", "t2", 60), ("get", "x")]) == [False, None]
+    assert await store.batch(
+        [("set", "conv:tg:1:c", "[1]", 60), ("delete", "inflight:tg:1:0"), ("incr", "n", 60)]
+    ) == [None, True, 1]
+    assert await store.batch(
+        [("get", "conv:tg:1:c"), ("add", "inflight:tg:1:0", "t3", 60), ("incr", "n")]
+    ) == ["[1]", True, 2]
+    assert await store.batch([("sadd", "s", "a"), ("smembers", "s"), ("srem", "s", "a")]) == [
+        None,
+        {"a"},
+        None,
+    ]
+    assert await store.batch([]) == []
