@@ -17,7 +17,7 @@ from typing import Any
 
 from billing.pricing import PriceList
 from billing.wallet import open_wallet
-from billing.wallet.base import Entry, InsufficientCredits, Wallet
+from billing.wallet.base import Entry, Wallet
 from bot.accounts import Accounts
 from bot.chat import ChatFlow
 from bot.commands import Commands, parse_command
@@ -287,9 +287,12 @@ class Core:
         if entry is None:
             raise LookupError(f"no payment credited with key {key!r}")
         balance = await self.wallet.balance(entry.account)
+        # Nothing available: ask for the whole payment anyway, so a repeated reversal (say an
+        # operator retrying a refund) still returns the first one by its key; a first one is
+        # refused with InsufficientCredits.
         amount = min(entry.amount, balance.available)
         if amount <= 0:
-            raise InsufficientCredits(entry.account, entry.amount, balance.available)
+            amount = entry.amount
         return await self.wallet.debit(
             entry.account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
         )

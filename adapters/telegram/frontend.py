@@ -31,6 +31,8 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PENDING_RETRY_SECONDS = 60.0  # how often Stars payments whose crediting failed are retried
+
 
 def admin_ids(settings: Settings) -> frozenset[str]:
     """Telegram user ids of the operators: "telegram:ID" in ADMIN_IDS (a bare ID works too)."""
@@ -88,6 +90,8 @@ class TelegramFrontEnd:
         self.webhook = bool(settings.telegram_webhook_url)
         self._polling: asyncio.Task[None] | None = None
         self._menu: asyncio.Task[None] | None = None
+        self._payments: asyncio.Task[None] | None = None
+        self.pending_retry_seconds = PENDING_RETRY_SECONDS
         self._handler: SimpleRequestHandler | None = None
         if self.webhook:
             if not settings.telegram_webhook_secret:
@@ -110,6 +114,7 @@ class TelegramFrontEnd:
         self.core.set_sink(PLATFORM, self.deliver)
         # in the background: an unreachable Telegram must not hold up the other front ends
         self._menu = asyncio.create_task(commands.register_menu(self.bot), name="telegram-menu")
+        self._payments = asyncio.create_task(self._retry_payments(), name="telegram-stars-retry")
         allowed = self.dp.resolve_used_update_types()
         if self.webhook:
             try:
@@ -141,10 +146,11 @@ class TelegramFrontEnd:
 
     async def stop(self) -> None:
         """Stop taking updates, let running handlers finish, release connections."""
-        if self._menu is not None and not self._menu.done():
-            self._menu.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._menu
+        for task in (self._menu, self._payments):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._polling is not None:
             with contextlib.suppress(RuntimeError):
                 await self.dp.stop_polling()
@@ -153,6 +159,15 @@ class TelegramFrontEnd:
             self._polling = None
         await self.bot.session.close()
         await self.tg.http.aclose()
+
+    async def _retry_payments(self) -> None:
+        """Credit paid Stars whose crediting failed: at start, then every little while."""
+        while True:
+            try:
+                await payments.retry_pending(self.core)
+            except Exception:
+                log.exception("retrying pending Stars payments failed")
+            await asyncio.sleep(self.pending_retry_seconds)
 
     async def deliver(self, delivery: Delivery) -> None:
         """An event for a chat outside any handler (an image finished after a restart)."""

@@ -33,8 +33,16 @@ class DedupeMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        if isinstance(event, Update):
-            if not await self._store.add(f"{self._prefix}{event.update_id}", "1", ttl=self._ttl):
-                log.info("update %s delivered again; skipped", event.update_id)
-                return None
-        return await handler(event, data)
+        if not isinstance(event, Update):
+            return await handler(event, data)
+        key = f"{self._prefix}{event.update_id}"
+        if not await self._store.add(key, "1", ttl=self._ttl):
+            log.info("update %s delivered again; skipped", event.update_id)
+            return None
+        try:
+            return await handler(event, data)
+        except Exception:
+            # Not handled: a redelivery of this update may try again (money paths also keep
+            # their own durable record, e.g. pending Stars payments).
+            await self._store.delete(key)
+            raise

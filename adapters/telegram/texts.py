@@ -29,9 +29,10 @@ _TEXTS: dict[str, dict[str, str]] = {
         "has been told; reference: {charge}",
         "admin_only": "This command is for the operator only.",
         "refund_usage": "Usage: /refundstars USER_ID CHARGE_ID",
-        "refund_failed": "Telegram refused the refund: {error}",
+        "refund_failed": "The credits were taken back, but Telegram refused the Stars refund: "
+        "{error}. Send the same /refundstars again to retry.",
         "refund_ok": "Refunded {charge}: {credits} credits taken back.",
-        "refund_reverse_failed": "Stars refunded, but the credits could not be taken back: {error}",
+        "refund_reverse_failed": "Nothing refunded: the credits could not be taken back: {error}",
         "pressed": "OK",
     },
     "zh": {
@@ -51,9 +52,10 @@ _TEXTS: dict[str, dict[str, str]] = {
         "payment_unknown": "已收到付款，但无法匹配套餐。已通知运营者；参考号：{charge}",
         "admin_only": "此命令仅限运营者使用。",
         "refund_usage": "用法：/refundstars 用户ID 付款ID",
-        "refund_failed": "Telegram 拒绝了退款：{error}",
+        "refund_failed": "积分已收回，但 Telegram 拒绝退还星星：{error}。"
+        "请再次发送同样的 /refundstars 重试。",
         "refund_ok": "已退款 {charge}：收回 {credits} 积分。",
-        "refund_reverse_failed": "星星已退回，但积分未能收回：{error}",
+        "refund_reverse_failed": "未退款：积分未能收回：{error}",
         "pressed": "好的",
     },
 }

@@ -6,10 +6,15 @@ Money really moves here: balances are read from the wallet after each scenario.
 from __future__ import annotations
 
 import asyncio
+import json
 
+import pytest
+
+from adapters.telegram import payments
 from adapters.telegram.stars import encode_payload
 from tests.telegram import updates as u
 from tests.telegram.conftest import ADMIN, available, fund
+from tests.telegram.fake_api import _error as fake_api_error
 from tests.telegram.html_check import check_part
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -132,6 +137,83 @@ async def test_stars_top_up_credits_once_and_an_admin_refund_takes_it_back(real,
     [refund] = fake_api.calls_to("refundStarPayment")
     assert refund.params == {"user_id": str(u.ALICE), "telegram_payment_charge_id": "charge-1"}
     assert await available(fe.core, u.ALICE) == before
+
+
+async def test_a_paid_stars_payment_whose_crediting_failed_is_credited_once_later(
+    real, fake_api, monkeypatch
+) -> None:
+    fe = real
+    payload = encode_payload(fe.tg.packs[0], u.ALICE)
+    before = await available(fe.core, u.ALICE)
+    credit = fe.core.credit_payment
+    failures = [ConnectionError("database went away")]
+
+    async def failing_once(*args, **kw):
+        if failures:
+            raise failures.pop()
+        return await credit(*args, **kw)
+
+    monkeypatch.setattr(fe.core, "credit_payment", failing_once)
+    paid = u.paid(payload, user_id=u.ALICE, total=50, charge_id="charge-9")
+    with pytest.raises(ConnectionError):
+        await fe.dp.feed_raw_update(fe.bot, paid)
+    assert await available(fe.core, u.ALICE) == before  # paid, not yet credited...
+    assert await payments.retry_pending(fe.core) == 1  # ...until the front end retries
+    assert await payments.retry_pending(fe.core) == 0
+    await fe.dp.feed_raw_update(fe.bot, paid)  # the same update again: not dropped, not doubled
+    assert await available(fe.core, u.ALICE) - before == 10_000_000
+
+
+async def test_the_front_end_retries_pending_stars_payments_in_the_background(
+    real, fake_api
+) -> None:
+    fe = real
+    await fe.core.kv.set(
+        payments.pending_key("charge-7"),
+        json.dumps({"user_id": str(u.BOB), "credits_milli": 10_000_000, "stars": 50}),
+    )
+    await fe.core.kv.sadd(payments.PENDING, "charge-7")
+    before = await available(fe.core, u.BOB)
+    fe.pending_retry_seconds = 0.05
+    await fe.start()
+    for _ in range(100):
+        if await available(fe.core, u.BOB) > before:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # several more rounds: still credited once
+    assert await available(fe.core, u.BOB) - before == 10_000_000
+
+
+async def test_refundstars_takes_the_credits_back_before_refunding_the_stars(
+    real, fake_api, monkeypatch
+) -> None:
+    fe = real
+    payload = encode_payload(fe.tg.packs[0], u.ALICE)
+    before = await available(fe.core, u.ALICE)
+    await fe.dp.feed_raw_update(fe.bot, u.paid(payload, user_id=u.ALICE, total=50, charge_id="c1"))
+    refund = u.message(f"/refundstars {u.ALICE} c1", user_id=ADMIN)
+
+    async def refused(params, files):
+        return fake_api_error(500, "Internal Server Error: try later")
+
+    monkeypatch.setattr(fake_api, "_m_refundStarPayment", refused)
+    await fe.dp.feed_raw_update(fe.bot, refund)
+    assert not fake_api.refunded
+    assert await available(fe.core, u.ALICE) == before  # the credits went first
+    assert "retry" in fake_api.texts(ADMIN)[-1]
+    monkeypatch.undo()
+    await fe.dp.feed_raw_update(fe.bot, u.message(f"/refundstars {u.ALICE} c1", user_id=ADMIN))
+    assert fake_api.refunded == {"c1"}
+    assert await available(fe.core, u.ALICE) == before  # taken back once
+
+    # Credits already spent: nothing can be taken back, so the Stars are not refunded.
+    bobs = encode_payload(fe.tg.packs[0], u.BOB)
+    await fe.dp.feed_raw_update(fe.bot, u.paid(bobs, user_id=u.BOB, total=50, charge_id="c2"))
+    account = await fe.core.account_of("telegram", str(u.BOB))
+    await fe.core.wallet.debit(account, 10_000_000, "spent:c2", "spent it all")
+    await fe.dp.feed_raw_update(fe.bot, u.message(f"/refundstars {u.BOB} c2", user_id=ADMIN))
+    assert fake_api.refunded == {"c1"}
+    assert "Nothing refunded" in fake_api.texts(ADMIN)[-1]
 
 
 async def test_topup_code_goes_to_the_core(real, fake_api) -> None:
