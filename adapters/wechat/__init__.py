@@ -16,6 +16,6 @@ def install(core: Any, settings: Settings, app: web.Application) -> WeChatFrontE
     """Serve WECHAT_PATH on `app` for the core; None when WECHAT_TOKEN is not set."""
     if not settings.wechat_token:
         return None
-    front = WeChatFrontEnd(core, settings)
+    front = WeChatFrontEnd(core, settings, app=app)
     front.endpoint.add_routes(app, settings.wechat_path)
     return front

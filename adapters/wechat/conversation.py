@@ -61,11 +61,14 @@ def _matches(token: str, label: str, data: str) -> bool:
 class Conversation:
     """Runs a user's message through the core and renders what it yields."""
 
-    def __init__(self, core: Any, kv: Store, api: WeChatApi, *, text_limit: int) -> None:
+    def __init__(
+        self, core: Any, kv: Store, api: WeChatApi, *, text_limit: int, topups: Any = None
+    ) -> None:
         self.core = core
         self.kv = kv
         self.api = api
         self.text_limit = text_limit
+        self.topups = topups  # adapters.wechat.pay.TopUps: `/pay 10`, `充值 10`
         self._users: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     def _lock(self, openid: str) -> asyncio.Lock:
@@ -88,6 +91,10 @@ class Conversation:
         await lock.acquire()
         held = True
         try:
+            if self.topups is not None and (amount := self.topups.amount(msg.text)) is not None:
+                await out(await self.topups.offer(msg.user_id, amount))
+                return
+            footer = self.topups.help_footer(msg.text) if self.topups is not None else ""
             if token is not None:
                 events = await self._press(msg, token, out)
             else:
@@ -100,6 +107,8 @@ class Conversation:
                 # edit it, and customer-service messages are counted (45047).
                 if isinstance(event, Progress) and not first:
                     continue
+                if footer and isinstance(event, FinalText):
+                    event = FinalText(event.text + footer, event.stopped)
                 items = await self.render(msg.user_id, event)
                 if items:
                     first = False

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from wechatpy.messages import BaseMessage
 from wechatpy.replies import BaseReply, ImageReply, TextReply
 
@@ -35,8 +36,11 @@ from adapters.wechat.delivery import (
 )
 from adapters.wechat.endpoint import Endpoint
 from adapters.wechat.kvlock import KvLocks
+from adapters.wechat.pay import TopUps
 from adapters.wechat.split import MAX_TEXT_BYTES
+from adapters.wechatpay import APP_KEY as WECHATPAY_KEY
 from bot.events import Delivery, Message, Progress
+from bot.payments import WeChatPay
 from bot.settings import Settings
 from bot.store.base import Store
 
@@ -67,8 +71,10 @@ class WeChatFrontEnd:
         kv: Store | None = None,
         timing: PassiveTiming | None = None,
         language: str | None = None,
+        app: web.Application | None = None,
     ) -> None:
         self.core = core
+        self.app = app  # where WeChat Pay, if configured, puts its service (installed later)
         self.settings = settings
         mode = settings.wechat_mode.strip().lower()
         if mode not in (PASSIVE, CUSTOMER_SERVICE):
@@ -108,7 +114,14 @@ class WeChatFrontEnd:
         limit = MAX_TEXT_BYTES
         if self.mode == PASSIVE:
             limit -= len(texts.more_waiting().encode("utf-8"))
-        self.conversation = Conversation(self.core, kv, self.api, text_limit=limit)
+        self.topups = TopUps(self._wechat_pay, self.api, with_qr=self.mode == CUSTOMER_SERVICE)
+        self.conversation = Conversation(
+            self.core, kv, self.api, text_limit=limit, topups=self.topups
+        )
+
+    def _wechat_pay(self) -> WeChatPay | None:
+        """WeChat Pay's service, looked up when needed: it installs after this front end."""
+        return None if self.app is None else self.app.get(WECHATPAY_KEY)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -183,7 +196,9 @@ class WeChatFrontEnd:
         granted = False
         if trial > 0:
             granted = await self.core.grant_trial(PLATFORM, str(wx.source), trial * 1000)
-        return _text_reply(wx, texts.welcome(trial if granted else 0))
+        return _text_reply(
+            wx, texts.welcome(trial if granted else 0, wechat_pay=self.topups.configured)
+        )
 
     # --- customer-service mode -------------------------------------------------------------
 
