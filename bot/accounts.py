@@ -23,6 +23,24 @@ _CODE_LEN = 8
 CLAIM_TTL_SECONDS = 7 * 24 * 3600  # a half-done link can be finished for a week
 
 
+NAMES = "names"  # set of identities with a recorded display name (for `admin find`)
+
+
+def name_key(ident: str) -> str:
+    return f"name:{ident}"
+
+
+async def remember_name(store: Store, platform: str, user_id: str, name: str) -> None:
+    """Record a user's display name for `admin find` (one read when nothing changed)."""
+    name = name.strip()
+    if not name:
+        return
+    ident = identity(platform, user_id)
+    if await store.get(name_key(ident)) != name:
+        await store.set(name_key(ident), name)
+        await store.sadd(NAMES, ident)
+
+
 def identity(platform: str, user_id: str) -> str:
     """The platform identity, also the default account id: "telegram:42"."""
     return f"{platform}:{user_id}"

@@ -142,7 +142,7 @@ class Commands:
             return Notice(t("codes_disabled", req.lang), kind="error")
         try:
             amount = await redeem_code(
-                self.s.wallet, self.s.store, req.account, args.split()[0], user_key=req.ident
+                self.s.wallet, self.s.store, req.account, args, user_key=req.ident
             )
         except CodeError as exc:
             return Notice(t(f"code_{exc.kind}", req.lang), kind="error")

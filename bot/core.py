@@ -17,8 +17,8 @@ from typing import Any
 
 from billing.pricing import PriceList
 from billing.wallet import open_wallet
-from billing.wallet.base import Entry, Wallet
-from bot.accounts import Accounts
+from billing.wallet.base import CREDIT, Entry, Wallet
+from bot.accounts import Accounts, remember_name
 from bot.chat import ChatFlow
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
@@ -67,6 +67,7 @@ class Core:
             services.wallet, services.settings.sweep_interval_seconds, [self.images.resume]
         )
         self._started = False
+        self._names: dict[str, str] = {}  # display names already recorded by this process
 
     @classmethod
     async def create(
@@ -166,6 +167,7 @@ class Core:
             log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
             return
         lang = language_of(msg.language, self.settings.default_language)
+        await self._remember_name(msg)
         account = await self.services.accounts.resolve(msg.platform, msg.user_id)
         req = Request(
             platform=msg.platform,
@@ -190,6 +192,21 @@ class Core:
         async with _closing(flow) as events:
             async for event in events:
                 yield event
+
+    async def _remember_name(self, msg: Message) -> None:
+        """Record the sender's display name for `creditbot admin find` (once per change)."""
+        name = (msg.user_name or "").strip()
+        ident = f"{msg.platform}:{msg.user_id}"
+        if not name or self._names.get(ident) == name:
+            return
+        try:
+            await remember_name(self.kv, msg.platform, msg.user_id, name)
+        except Exception:  # a name is a convenience: never fail a message for it
+            log.warning("could not record a display name", exc_info=True)
+            return
+        if len(self._names) >= 100_000:
+            self._names.clear()
+        self._names[ident] = name
 
     async def press(
         self,
@@ -240,6 +257,10 @@ class Core:
             except Exception:
                 log.exception("delivering a queued event to %s failed", delivery.platform)
 
+    async def deliver(self, delivery: Delivery) -> None:
+        """Send an event to a user outside any handle() call (e.g. a payment confirmation)."""
+        await self._deliver(delivery)
+
     async def _deliver(self, delivery: Delivery) -> None:
         sink = self._sinks.get(delivery.platform)
         if sink is None:
@@ -270,11 +291,39 @@ class Core:
         reason: str,
         meta: dict[str, Any] | None = None,
     ) -> Entry:
-        """Credit a confirmed payment; the same `key` again credits nothing more."""
+        """Credit a confirmed payment; the same `key` again credits nothing more.
+
+        The paying account is written down before the credit, so a reversal finds the payment
+        even if the process died between the credit and its `pay:` record.
+        """
         account = await self.account_of(platform, user_id)
+        await self.kv.add(f"payacct:{key}", account)
+        account = await self.kv.get(f"payacct:{key}") or account  # a replay: the first payer
         entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
         await self.kv.set(f"pay:{key}", entry.id)
         return entry
+
+    async def _payment_entry(self, key: str) -> Entry | None:
+        """The ledger entry that credited payment `key` (by its record, else by its wallet key)."""
+        entry_id = await self.kv.get(f"pay:{key}")
+        if entry_id:
+            entry = await self.wallet.get_entry(entry_id)
+            if entry is not None:
+                return entry
+        account = await self.kv.get(f"payacct:{key}")
+        if account is None:
+            return None
+        before = None
+        for _ in range(50):  # the payment's account's ledger, newest first
+            page = await self.wallet.entries(account, limit=200, before=before)
+            for entry in page:
+                if entry.key == key and entry.kind == CREDIT:
+                    await self.kv.set(f"pay:{key}", entry.id)
+                    return entry
+            if len(page) < 200:
+                return None
+            before = page[-1].created_at
+        return None
 
     async def reverse_payment(self, key: str, *, reason: str) -> Entry:
         """Take a refunded payment's credits back (as much as is still available).
@@ -282,8 +331,7 @@ class Core:
         Raises LookupError for an unknown payment key, InsufficientCredits when nothing is
         left to take back. The same key again returns the first reversal.
         """
-        entry_id = await self.kv.get(f"pay:{key}")
-        entry = await self.wallet.get_entry(entry_id) if entry_id else None
+        entry = await self._payment_entry(key)
         if entry is None:
             raise LookupError(f"no payment credited with key {key!r}")
         balance = await self.wallet.balance(entry.account)
@@ -301,13 +349,14 @@ class Core:
         """Free credits once per platform user; True if granted by this call."""
         if amount_milli <= 0:
             return False
-        if not await self.kv.add(f"trial:{platform}:{user_id}", "1"):
+        flag = f"trial:{platform}:{user_id}"
+        if await self.kv.get(flag):
             return False
+        # Credit first (its wallet key makes a repeat harmless), then the flag: a crash in
+        # between grants the trial on the next try instead of losing it.
         account = await self.account_of(platform, user_id)
-        await self.wallet.credit(
-            account, amount_milli, f"trial:{platform}:{user_id}", "trial credits"
-        )
-        return True
+        await self.wallet.credit(account, amount_milli, flag, "trial credits")
+        return await self.kv.add(flag, "1")
 
     async def text(self, key: str, language: str | None, **kw: object) -> str:
         """A user-facing text in the user's language (see bot/i18n.py)."""

@@ -22,26 +22,11 @@ import uuid
 
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import CAPTURE, Entry, Wallet
-from bot.accounts import Accounts
+from bot.accounts import NAMES, Accounts, name_key, remember_name
 from bot.cli.admin_common import Refused, bank_command
 from bot.store.base import Store
 
-NAMES = "names"  # set of identities with a recorded name
-
-
-def name_key(ident: str) -> str:
-    return f"name:{ident}"
-
-
-async def remember_name(store: Store, platform: str, user_id: str, name: str) -> None:
-    """Record a user's display name for `admin find` (one read when nothing changed)."""
-    name = name.strip()
-    if not name:
-        return
-    ident = f"{platform}:{user_id}"
-    if await store.get(name_key(ident)) != name:
-        await store.set(name_key(ident), name)
-        await store.sadd(NAMES, ident)
+__all__ = ["register_admin", "remember_name"]
 
 
 def refund_key(entry_id: str) -> str:

@@ -224,3 +224,59 @@ async def test_payments_and_trials_are_credited_once(core: Core) -> None:
     assert (reversal.amount, reversal.ref) == (-10_000, entry.id)
     assert (await core.wallet.balance(ACCOUNT)).total == 0
     assert (await core.wallet.balance("wechat:oX")).total == 3000
+
+
+async def test_topup_code_typed_with_spaces_between_groups(core: Core) -> None:
+    from bot.codes import create_codes
+
+    [new] = await create_codes(core.kv, 30_000, 1)
+    spaced = " ".join(new.code.replace("-", " ").split())
+    assert " " in spaced
+    [ok] = await ask(core, f"/topup {spaced.lower()}")
+    assert "+30 credits" in ok.text
+
+
+async def test_a_payment_is_reversible_without_its_pay_record(core: Core) -> None:
+    """The process died between the credit and its `pay:` record: the refund still works."""
+    entry = await core.credit_payment("telegram", "u1", 10_000, key="stars:lost", reason="stars")
+    await core.kv.delete("pay:stars:lost")
+    reversal = await core.reverse_payment("stars:lost", reason="refunded")
+    assert (reversal.amount, reversal.ref) == (-10_000, entry.id)
+    again = await core.reverse_payment("stars:lost", reason="refunded")  # retried: the first
+    assert again.id == reversal.id
+    assert (await core.wallet.balance(ACCOUNT)).total == 0
+
+
+async def test_a_trial_interrupted_before_its_credit_is_granted_on_the_next_try(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credit = core.wallet.credit
+
+    async def crash(*args: object, **kw: object) -> object:
+        raise ConnectionError("killed")
+
+    monkeypatch.setattr(core.wallet, "credit", crash)
+    with pytest.raises(ConnectionError):
+        await core.grant_trial("wechat", "oT", 3000)
+    monkeypatch.setattr(core.wallet, "credit", credit)
+    assert await core.grant_trial("wechat", "oT", 3000) is True
+    assert await core.grant_trial("wechat", "oT", 3000) is False
+    assert (await core.wallet.balance("wechat:oT")).total == 3000
+
+
+async def test_names_are_recorded_for_admin_find_and_deliver_reaches_the_sink(core: Core) -> None:
+    from bot.accounts import NAMES, name_key
+    from bot.events import Delivery
+
+    await ask(core, "/help", user_name="Alice Zhang")
+    assert await core.kv.get(name_key("telegram:u1")) == "Alice Zhang"
+    assert "telegram:u1" in await core.kv.smembers(NAMES)
+    got: list[Delivery] = []
+
+    async def sink(delivery: Delivery) -> None:
+        got.append(delivery)
+
+    core.set_sink("wechat", sink)
+    note = Delivery("wechat", "oP", "oP", Notice("paid"))
+    await core.deliver(note)
+    assert got == [note]
