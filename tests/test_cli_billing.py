@@ -105,7 +105,7 @@ def test_prices_table_can_be_held_against_the_published_page(
     ]
     assert rows["gpt-5-nano"][1:4] == ["400,000", "3.55", "0.355"]
     assert rows["imagine"][1:] == ["2000", "0.2"]
-    assert rows["upscale"][1:] == ["1000", "0.1"]
+    assert rows["upscale"][1:] == ["2000", "0.2"]
     assert "gpt-4-32k:" in rows
     assert "gpt-4o-2024-08-06" in rows  # the alias list is shown
 

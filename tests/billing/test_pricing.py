@@ -69,11 +69,10 @@ def test_a_model_without_a_price_is_refused_not_guessed(model: str) -> None:
         PRICES.get(model)
 
 
-def test_midjourney_costs_2000_credits_per_image_and_less_for_an_upscale() -> None:
-    for action in ("imagine", "variation", "reroll"):
+def test_midjourney_costs_2000_credits_per_image_upscales_included() -> None:
+    for action in ("imagine", "variation", "reroll", "upscale"):
         assert PRICES.image_cost(action) == 2_000_000
         assert money.format_cny(PRICES.image_cost(action)) == "0.2"
-    assert PRICES.image_cost("upscale") == 1_000_000
     with pytest.raises(UnknownModel):
         PRICES.image_cost("zoom")
 
