@@ -22,7 +22,7 @@ from typing import Any
 from billing.money import format_credits, format_decimal
 from billing.pricing import ModelPrice, UnknownModel
 from billing.tokens import count_text
-from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
+from billing.wallet.base import HELD, Hold, HoldNotActive, IdempotencyConflict, InsufficientCredits
 from bot.context import Request, Services
 from bot.conversations import Prompt, TooLong, fit, parse_history
 from bot.events import Event, FinalText, Notice, TextDelta
@@ -125,7 +125,18 @@ class ChatFlow:
             )
             return
 
-        hold, max_reply, available = await self._hold(req, price, prompt, context)
+        try:
+            hold, max_reply, available = await self._hold(req, price, prompt, context)
+        except IdempotencyConflict:
+            # The message's hold key already holds another amount: an earlier delivery held
+            # before the balance changed. That delivery owns the answer (its hold is settled
+            # there, or voided by the sweeper); answering again would charge twice.
+            log.info(
+                "chat message %s:%s already handled; not answering twice",
+                req.platform,
+                req.message_id,
+            )
+            return
         if hold is None:
             yield self._insufficient(req, model, price, prompt, available)
             return

@@ -17,7 +17,7 @@ from typing import Any
 
 from billing.pricing import PriceList
 from billing.wallet import open_wallet
-from billing.wallet.base import CREDIT, Entry, Wallet
+from billing.wallet.base import CREDIT, DEBIT, Entry, IdempotencyConflict, Wallet
 from bot.accounts import Accounts, remember_name
 from bot.chat import ChatFlow
 from bot.commands import Commands, parse_command
@@ -335,15 +335,22 @@ class Core:
         if entry is None:
             raise LookupError(f"no payment credited with key {key!r}")
         balance = await self.wallet.balance(entry.account)
-        # Nothing available: ask for the whole payment anyway, so a repeated reversal (say an
-        # operator retrying a refund) still returns the first one by its key; a first one is
+        # Nothing available: ask for the whole payment anyway, so that a first reversal is
         # refused with InsufficientCredits.
         amount = min(entry.amount, balance.available)
         if amount <= 0:
             amount = entry.amount
-        return await self.wallet.debit(
-            entry.account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
-        )
+        try:
+            return await self.wallet.debit(
+                entry.account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
+            )
+        except IdempotencyConflict as exc:
+            # A repeated reversal (an operator retrying a refund) after the balance changed
+            # asks for another amount under the same key: the first reversal stands.
+            first = exc.first
+            if isinstance(first, Entry) and first.kind == DEBIT:
+                return first
+            raise
 
     async def grant_trial(self, platform: str, user_id: str, amount_milli: int) -> bool:
         """Free credits once per platform user; True if granted by this call."""
@@ -355,7 +362,12 @@ class Core:
         # Credit first (its wallet key makes a repeat harmless), then the flag: a crash in
         # between grants the trial on the next try instead of losing it.
         account = await self.account_of(platform, user_id)
-        await self.wallet.credit(account, amount_milli, flag, "trial credits")
+        try:
+            await self.wallet.credit(account, amount_milli, flag, "trial credits")
+        except IdempotencyConflict as exc:
+            # Credited before the crash, then TRIAL_CREDITS changed: that credit is the trial.
+            if not (isinstance(exc.first, Entry) and exc.first.kind == CREDIT):
+                raise
         return await self.kv.add(flag, "1")
 
     async def text(self, key: str, language: str | None, **kw: object) -> str:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from billing.money import format_credits
 from billing.pricing import UnknownModel
-from billing.wallet.base import HELD, Hold, HoldNotActive, InsufficientCredits
+from billing.wallet.base import HELD, Hold, HoldNotActive, IdempotencyConflict, InsufficientCredits
 from bot.context import Request, Services
 from bot.events import Action, Delivery, Event, ImageResult, Notice, Progress
 from bot.holds import hold_or_void, void_shielded
@@ -261,6 +261,11 @@ class ImageFlow:
                     ),
                     kind="insufficient",
                 )
+                return
+            except IdempotencyConflict:
+                # An earlier delivery of this message held another price (the operator changed
+                # prices in between): that delivery owns the task; do not submit it twice.
+                log.info("image request %s:%s already handled", req.platform, req.message_id)
                 return
             if hold.status != HELD:
                 return  # a replayed message whose task was already submitted and settled

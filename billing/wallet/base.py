@@ -1,7 +1,12 @@
 """The wallet contract: a ledger of two-phase transfers, the same for every backend.
 
 Amounts are integers in millicredits (1 credit = 1,000). Every call that moves money takes an
-idempotency key: the same key again changes nothing and returns the first result.
+idempotency key. Keys are unique per account: the same key on two accounts names two independent
+operations. On one account, the same key again for the same operation (same kind, same amount)
+changes nothing and returns the first result; the same key for a different operation (another
+kind among credit, debit and hold, or another amount) raises IdempotencyConflict and changes
+nothing. A capture's ledger entry uses the key `capture:` + the hold's key, which then counts
+as used on that account like any other entry key.
 
 Invariants (every backend, any concurrency, any number of processes):
 - available = total - held never drops below zero;
@@ -55,6 +60,22 @@ class HoldNotActive(WalletError):
         super().__init__(f"hold {hold_id} is {status}")
         self.hold_id = hold_id
         self.status = status
+
+
+class IdempotencyConflict(WalletError):
+    """The key was already used on this account for a different operation (kind or amount).
+
+    `first` is what the key already names (an Entry or a Hold) when the backend knows it, so
+    a caller that treats the call as already handled can use it.
+    """
+
+    def __init__(self, account: str, key: str, first: Entry | Hold | None = None) -> None:
+        super().__init__(
+            f"idempotency key {key!r} on {account} was already used for a different operation"
+        )
+        self.account = account
+        self.key = key
+        self.first = first
 
 
 class InvalidAmount(WalletError):

@@ -16,9 +16,12 @@ slot and also runs on Redis Cluster):
                          written beside the credit, never inside a script)
 
 Ids carry their account so a call finds the right slot: entry N of account ID is `ID~N`, hold N is
-`ID~hN`. Idempotency keys are scoped to their account; a capture's entry has the key
-`capture:` + the hold's key, as in the SQL wallet. Timestamps come from the server's clock
-(`TIME` inside the scripts), so every process agrees on when a hold expires.
+`ID~hN`. Idempotency keys are scoped to their account (as in the SQL wallet, UNIQUE(account,
+key)): the same key on another account is another operation; on one account, a replay of a
+different operation (kind or amount) raises IdempotencyConflict. A hold's key and an entry's
+key share the account's namespace. A capture's entry has the key `capture:` + the hold's key,
+recorded in `{acct:ID}:keys` like any entry key, as in the SQL wallet. Timestamps come from the
+server's clock (`TIME` inside the scripts), so every process agrees on when a hold expires.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from billing.wallet.base import (
     Hold,
     HoldNotActive,
     HoldNotFound,
+    IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
 )
@@ -328,7 +332,12 @@ class RedisWallet:
             )
         if reply[0] == "short":
             raise InsufficientCredits(account, -signed, int(reply[1]))
-        return _entry(reply[1])
+        if reply[0] == "conflict":
+            raise IdempotencyConflict(account, key)
+        first = _entry(reply[1])
+        if first.kind != kind or first.amount != signed:
+            raise IdempotencyConflict(account, key, first)
+        return first
 
     # --- holds -------------------------------------------------------------------------------
 
@@ -357,7 +366,12 @@ class RedisWallet:
             )
         if reply[0] == "short":
             raise InsufficientCredits(account, amount, int(reply[1]))
-        return _hold(account, reply[1], reply[2:])
+        if reply[0] == "conflict":
+            raise IdempotencyConflict(account, key)
+        first = _hold(account, reply[1], reply[2:])
+        if first.amount != amount:
+            raise IdempotencyConflict(account, key, first)
+        return first
 
     def _hold_keys(self, hold_id: str) -> tuple[str, int, str]:
         parts = _split(hold_id, "h")
@@ -379,7 +393,7 @@ class RedisWallet:
         account, n, tag = self._hold_keys(hold_id)
         reply = await self._run(
             "capture",
-            (tag, f"{tag}:hold:{n}", f"{tag}:holds", f"{tag}:ledger"),
+            (tag, f"{tag}:hold:{n}", f"{tag}:holds", f"{tag}:ledger", f"{tag}:keys"),
             amount,
             n,
             f"{account}~",
@@ -405,6 +419,8 @@ class RedisWallet:
             raise HoldNotFound(f"no hold {hold_id}")
         if status == "inactive":
             raise HoldNotActive(hold_id, reply[1])
+        if status == "used":
+            raise IdempotencyConflict(account, CAPTURE_KEY_PREFIX + reply[1])
         raise InvalidAmount(f"capture of {amount} exceeds hold {hold_id} of {reply[1]}")
 
     async def void(self, hold_id: str, reason: str = "") -> Hold:

@@ -28,7 +28,8 @@ def hold_statement() -> sa.Select[tuple[int | None, str | None]]:
     """Insert the hold unless its key exists, and reserve only if available covers it.
 
     Returns one row (id, ok): id NULL means the key was already used (a replay); ok NULL with
-    an id means the reservation was refused (the caller rolls back the insert).
+    an id means the reservation was refused (the caller rolls back the insert). Keys are
+    unique per account.
     """
     ins = (
         postgresql.insert(holds)
@@ -41,7 +42,7 @@ def hold_statement() -> sa.Select[tuple[int | None, str | None]]:
             created_at=_now,
             expires_at=_exp,
         )
-        .on_conflict_do_nothing(index_elements=["key"])
+        .on_conflict_do_nothing(index_elements=["account", "key"])
         .returning(holds.c.id)
         .cte("ins")
     )

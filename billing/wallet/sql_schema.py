@@ -1,4 +1,7 @@
-"""The wallet's tables as SQLAlchemy Core sees them (the DDL lives in the Alembic migration)."""
+"""The wallet's tables as SQLAlchemy Core sees them (the DDL lives in the Alembic migrations).
+
+Idempotency keys are unique per account: UNIQUE(account, key) on entries and holds (0003).
+"""
 
 from __future__ import annotations
 
@@ -50,11 +53,12 @@ entries = sa.Table(
     sa.Column("account", sa.String(), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("amount", sa.BigInteger(), nullable=False),
-    sa.Column("key", sa.String(), nullable=False, unique=True),
+    sa.Column("key", sa.String(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("ref", sa.String(), nullable=True),
     sa.Column("meta", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("account", "key", name="uq_wallet_entries_account_key"),
 )
 
 holds = sa.Table(
@@ -63,11 +67,12 @@ holds = sa.Table(
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("account", sa.String(), nullable=False),
     sa.Column("amount", sa.BigInteger(), nullable=False),
-    sa.Column("key", sa.String(), nullable=False, unique=True),
+    sa.Column("key", sa.String(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("captured", sa.BigInteger(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
     sa.Column("closed_at", UtcDateTime(), nullable=True),
     sa.Column("reason", sa.Text(), nullable=True),
+    sa.UniqueConstraint("account", "key", name="uq_wallet_holds_account_key"),
 )

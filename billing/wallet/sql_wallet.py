@@ -6,8 +6,11 @@ enforces the rules without row locks that SQLite lacks:
   a debit through the same test on `total`; a zero row count is a refusal;
 - a hold is captured or voided only through `UPDATE holds ... WHERE status = 'held'`, so it
   moves exactly once, and a capture also requires `expires_at > now`;
-- idempotency keys are UNIQUE: `INSERT ... ON CONFLICT (key) DO NOTHING` finds a replay, which
-  then returns the first result and changes nothing.
+- idempotency keys are UNIQUE per account: `INSERT ... ON CONFLICT (account, key) DO NOTHING`
+  finds a replay, which returns the first result and changes nothing if it is the same
+  operation (kind and amount) and raises IdempotencyConflict if not. A hold's key and an entry's
+  key share one namespace per account: a new row whose key the other table already holds for
+  the account is refused (the transaction rolls back).
 The ledger row and the balance change are written in the same transaction. On a SQLite file,
 a process's writes run on one writer thread that group-commits whatever is waiting (sql_batch),
 each transaction opened with BEGIN IMMEDIATE; other processes wait on busy_timeout, and a
@@ -44,6 +47,7 @@ from billing.wallet.base import (
     Hold,
     HoldNotActive,
     HoldNotFound,
+    IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
     WalletError,
@@ -69,6 +73,10 @@ _p = sa.bindparam
 
 class _Retry(Exception):
     """A concurrent change raced this transaction's view; run it again."""
+
+
+class _CaptureKeyUsed(Exception):
+    """PostgreSQL refused a capture's ledger key (the transaction is aborted; name it after)."""
 
 
 class _Deferred:
@@ -130,7 +138,11 @@ _capture_entry = entries.alias("capture_entry")
 # A hold with the id of its capture entry (found through the capture's derived key).
 _HOLD_SELECT = sa.select(*_HOLD_COLS, _capture_entry.c.id.label("entry_id")).select_from(
     holds.outerjoin(
-        _capture_entry, _capture_entry.c.key == sa.literal(CAPTURE_KEY_PREFIX) + holds.c.key
+        _capture_entry,
+        sa.and_(
+            _capture_entry.c.account == holds.c.account,
+            _capture_entry.c.key == sa.literal(CAPTURE_KEY_PREFIX) + holds.c.key,
+        ),
     )
 )
 
@@ -168,10 +180,26 @@ class SqlWallet:
         self._pg_hold = None if self._sqlite else sql_pg.hold_statement()
         self._pg_capture = None if self._sqlite else sql_pg.capture_statement(CAPTURE_KEY_PREFIX)
         self._ins_entry = (
-            insert(entries).on_conflict_do_nothing(index_elements=["key"]).returning(entries.c.id)
+            insert(entries)
+            .on_conflict_do_nothing(index_elements=["account", "key"])
+            .returning(entries.c.id)
         )
         self._ins_entry_plain = sa.insert(entries).returning(entries.c.id)
-        self._entry_by_key = sa.select(entries).where(entries.c.key == _p("p_key"))
+        self._entry_by_key = (
+            sa.select(entries)
+            .where(entries.c.account == _p("p_acct"))
+            .where(entries.c.key == _p("p_key"))
+        )
+        self._hold_key_used = (
+            sa.select(holds.c.id)
+            .where(holds.c.account == _p("p_acct"))
+            .where(holds.c.key == _p("p_key"))
+        )
+        self._entry_key_used = (
+            sa.select(entries.c.id)
+            .where(entries.c.account == _p("p_acct"))
+            .where(entries.c.key == _p("p_key"))
+        )
         self._entry_by_id = sa.select(entries).where(entries.c.id == _p("p_id"))
         stmt = insert(accounts).values(id=_p("p_acct"), total=_p("p_amt"), held=0)
         self._credit_account = stmt.on_conflict_do_update(
@@ -201,9 +229,13 @@ class SqlWallet:
             accounts.c.id == _p("p_acct")
         )
         self._ins_hold = (
-            insert(holds).on_conflict_do_nothing(index_elements=["key"]).returning(holds.c.id)
+            insert(holds)
+            .on_conflict_do_nothing(index_elements=["account", "key"])
+            .returning(holds.c.id)
         )
-        self._hold_by_key = _HOLD_SELECT.where(holds.c.key == _p("p_key"))
+        self._hold_by_key = _HOLD_SELECT.where(holds.c.account == _p("p_acct")).where(
+            holds.c.key == _p("p_key")
+        )
         self._hold_by_id = _HOLD_SELECT.where(holds.c.id == _p("p_id"))
         self._capture_hold = (
             sa.update(holds)
@@ -321,10 +353,14 @@ class SqlWallet:
                 "created_at": now,
             }
             new_id = (conn.execute(self._ins_entry, row)).scalar()
-            if new_id is None:  # a replay: the first result stands
-                first = (conn.execute(self._entry_by_key, {"p_key": key})).one()
-                return _entry(first)
-            params = {"p_acct": account, "p_amt": amount}
+            params = {"p_acct": account, "p_amt": amount, "p_key": key}
+            if new_id is None:  # a replay: the first result stands if it is the same operation
+                first = _entry((conn.execute(self._entry_by_key, params)).one())
+                if first.kind != kind or first.amount != signed:
+                    raise IdempotencyConflict(account, key, first)
+                return first
+            if conn.execute(self._hold_key_used, params).first() is not None:
+                raise IdempotencyConflict(account, key)  # rolls the new entry back
             if kind == CREDIT:
                 conn.execute(self._credit_account, params)
             elif (conn.execute(self._debit_account, params)).rowcount != 1:
@@ -361,9 +397,10 @@ class SqlWallet:
                 }
                 new_id, ok = conn.execute(self._pg_hold, params).one()
                 if new_id is None:
-                    return _hold((conn.execute(self._hold_by_key, {"p_key": key})).one())
+                    return self._hold_replay(conn, account, amount, key)
                 if ok is None:
                     self._insufficient(conn, account, amount)
+                self._check_entry_key(conn, account, key)
                 return Hold(str(new_id), account, amount, key, HELD, now, now + span)
             row = {
                 "account": account,
@@ -376,10 +413,11 @@ class SqlWallet:
             }
             new_id = (conn.execute(self._ins_hold, row)).scalar()
             if new_id is None:  # a replay: the hold as it stands now
-                return _hold((conn.execute(self._hold_by_key, {"p_key": key})).one())
+                return self._hold_replay(conn, account, amount, key)
             reserved = conn.execute(self._reserve, {"p_acct": account, "p_amt": amount})
             if reserved.rowcount != 1:
                 self._insufficient(conn, account, amount)
+            self._check_entry_key(conn, account, key)
             return Hold(
                 id=str(new_id),
                 account=account,
@@ -391,6 +429,18 @@ class SqlWallet:
             )
 
         return await self._write(tx)
+
+    def _hold_replay(self, conn: Connection, account: str, amount: int, key: str) -> Hold:
+        """The hold the key already names on this account, if it was for the same amount."""
+        first = _hold((conn.execute(self._hold_by_key, {"p_acct": account, "p_key": key})).one())
+        if first.amount != amount:
+            raise IdempotencyConflict(account, key, first)
+        return first
+
+    def _check_entry_key(self, conn: Connection, account: str, key: str) -> None:
+        """A new hold may not take a key a ledger entry of the account already uses."""
+        if conn.execute(self._entry_key_used, {"p_acct": account, "p_key": key}).first():
+            raise IdempotencyConflict(account, key)  # rolls the new hold back
 
     async def capture(
         self,
@@ -419,10 +469,8 @@ class SqlWallet:
                 }
                 try:
                     got = conn.execute(self._pg_capture, params).first()
-                except IntegrityError as exc:
-                    raise WalletError(
-                        "this hold's capture key is already used in the ledger"
-                    ) from exc
+                except IntegrityError as exc:  # the account's ledger already uses capture:KEY
+                    raise _CaptureKeyUsed from exc  # named after the rollback
                 if got is None:
                     return self._refuse_capture(conn, hid, amount, now)
                 return Entry(
@@ -456,7 +504,7 @@ class SqlWallet:
             try:
                 new_id = (conn.execute(self._ins_entry_plain, row)).scalar_one()
             except IntegrityError as exc:
-                raise WalletError(f"ledger key {row['key']!r} is already used") from exc
+                raise IdempotencyConflict(account, row["key"]) from exc
             return Entry(
                 id=str(new_id),
                 account=account,
@@ -469,7 +517,11 @@ class SqlWallet:
                 meta=meta,
             )
 
-        result = await self._write(tx)
+        try:
+            result = await self._write(tx)
+        except _CaptureKeyUsed as exc:
+            h = await self.get_hold(hold_id)
+            raise IdempotencyConflict(h.account, CAPTURE_KEY_PREFIX + h.key) from exc
         if isinstance(result, _Deferred):
             raise result.error
         return result
@@ -483,8 +535,8 @@ class SqlWallet:
             raise HoldNotFound(f"no hold {hid}")
         h = _hold(found)
         if h.status == CAPTURED:
-            first = (conn.execute(self._entry_by_key, {"p_key": CAPTURE_KEY_PREFIX + h.key})).one()
-            return _entry(first)
+            params = {"p_acct": h.account, "p_key": CAPTURE_KEY_PREFIX + h.key}
+            return _entry((conn.execute(self._entry_by_key, params)).one())
         if h.status != HELD:
             raise HoldNotActive(h.id, h.status)
         if h.expires_at <= now:

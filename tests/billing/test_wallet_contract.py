@@ -328,3 +328,92 @@ async def test_concurrent_sweeps_release_each_hold_once(wallet: Wallet) -> None:
     counts = await asyncio.gather(*(wallet.sweep() for _ in range(5)))
     assert sum(counts) == 10
     assert await wallet.balance(acct) == Balance(acct, 10_000, 0)
+
+
+# --- idempotency keys are per account; a key reused for another operation is refused ---------
+
+
+async def test_same_key_on_two_accounts_is_two_payments(wallet: Wallet) -> None:
+    """A payment key replayed after /link resolves another account: each account is its own."""
+    k = key("wxpay")
+    a, b = f"wechat:{uuid.uuid4().hex[:8]}", f"telegram:{uuid.uuid4().hex[:8]}"
+    first = await wallet.credit(a, 100_000, k, "WeChat Pay top-up")
+    second = await wallet.credit(b, 100_000, k, "WeChat Pay top-up")
+    assert first.account == a and second.account == b and second.id != first.id
+    assert (await wallet.balance(a)).total == 100_000
+    assert (await wallet.balance(b)).total == 100_000
+
+
+async def test_same_hold_key_on_two_accounts_holds_each(wallet: Wallet) -> None:
+    a, b = await funded(wallet, 10_000), await funded(wallet, 10_000)
+    k = key("chat")
+    ha = await wallet.hold(a, 5_000, k, ttl=60)
+    hb = await wallet.hold(b, 4_000, k, ttl=60)
+    assert hb.id != ha.id and hb.account == b and hb.amount == 4_000 and hb.status == HELD
+    assert (await wallet.balance(a)).held == 5_000 and (await wallet.balance(b)).held == 4_000
+    await wallet.capture(hb.id, 1_000)
+    assert (await wallet.get_hold(ha.id)).status == HELD
+    assert (await wallet.balance(a)).total == 10_000
+    assert (await wallet.balance(b)).total == 9_000
+
+
+async def test_key_replayed_with_another_amount_is_refused(wallet: Wallet) -> None:
+    account = await funded(wallet, 10_000)
+    k = key("pay")
+    first = await wallet.credit(account, 3_000, k, "top-up")
+    with pytest.raises(billing.IdempotencyConflict) as caught:
+        await wallet.credit(account, 4_000, k, "top-up")
+    assert caught.value.account == account and caught.value.key == k
+    assert caught.value.first == first
+    hold = await wallet.hold(account, 2_000, k + ":h", ttl=60)
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.hold(account, 2_500, k + ":h", ttl=60)
+    assert await wallet.get_hold(hold.id) == hold
+    assert await wallet.balance(account) == Balance(account, 13_000, 2_000)
+    assert await ledger_sum(wallet, account) == 13_000
+
+
+async def test_key_replayed_as_another_kind_is_refused(wallet: Wallet) -> None:
+    account = await funded(wallet, 10_000)
+    k = key("op")
+    await wallet.credit(account, 1_000, k, "grant")
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.debit(account, 1_000, k, "reversal")
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.hold(account, 1_000, k, ttl=60)
+    h = key("hold")
+    await wallet.hold(account, 1_000, h, ttl=60)
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.credit(account, 1_000, h, "grant")
+    assert await wallet.balance(account) == Balance(account, 11_000, 1_000)
+    assert len(await wallet.entries(account)) == 2
+
+
+async def test_true_replays_return_the_first_result(wallet: Wallet) -> None:
+    account = await funded(wallet, 10_000)
+    k = key("op")
+    debit = await wallet.debit(account, 1_000, k, "reversal")
+    assert await wallet.debit(account, 1_000, k, "reversal") == debit
+    hold = await wallet.hold(account, 2_000, key("hold"), ttl=60)
+    assert await wallet.hold(account, 2_000, hold.key, ttl=60) == hold
+    spent = await wallet.capture(hold.id, 500)
+    assert await wallet.capture(hold.id, 500) == spent
+    assert await wallet.balance(account) == Balance(account, 8_500, 0)
+
+
+async def test_a_capture_key_counts_as_used(wallet: Wallet) -> None:
+    """`capture:` + the hold's key names the capture's entry; a later credit cannot reuse it."""
+    account = await funded(wallet, 10_000)
+    hold = await wallet.hold(account, 2_000, key("chat"), ttl=60)
+    spent = await wallet.capture(hold.id, 1_500)
+    assert spent.key == "capture:" + hold.key
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.credit(account, 1_500, spent.key, "refund")
+    assert await wallet.balance(account) == Balance(account, 8_500, 0)
+    # ...and a key taken first by a credit makes that hold's capture a conflict
+    taken = await wallet.hold(account, 1_000, key("chat"), ttl=60)
+    await wallet.credit(account, 1_000, "capture:" + taken.key, "grant")
+    with pytest.raises(billing.IdempotencyConflict):
+        await wallet.capture(taken.id, 1_000)
+    assert await wallet.balance(account) == Balance(account, 9_500, 1_000)
+    assert await ledger_sum(wallet, account) == 9_500

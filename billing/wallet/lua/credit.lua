@@ -2,10 +2,14 @@
 -- KEYS[1] {acct:ID} (hash: total, held, seq, hseq)   KEYS[2] {acct:ID}:keys   KEYS[3] {acct:ID}:ledger
 -- ARGV[1] signed amount   ARGV[2] idempotency key   ARGV[3] entry id prefix ("ID~")
 -- ARGV[4] the entry's JSON after its opening brace   ARGV[5] "1" to refuse past available
--- Returns "N:ts_us" | {"dup", json} | {"short", available}
+-- Returns "N:ts_us" | {"dup", json} | {"short", available} | {"conflict"} (a hold has the key)
+-- A dup is the first entry; the caller compares its kind and amount with this call's.
 local known = redis.call('HGET', KEYS[2], 'e:' .. ARGV[2])
 if known then
   return {'dup', redis.call('XRANGE', KEYS[3], known, known)[1][2][2]}
+end
+if redis.call('HEXISTS', KEYS[2], 'h:' .. ARGV[2]) == 1 then
+  return {'conflict'}
 end
 if ARGV[5] == '1' then
   local b = redis.call('HMGET', KEYS[1], 'total', 'held')

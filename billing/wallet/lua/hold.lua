@@ -4,7 +4,8 @@
 -- Hold hashes live at KEYS[1] .. ":hold:" .. N (same hash tag, so the same slot).
 -- Returns "N:created_us:expires_us" (one string: the common answer, cheapest to parse)
 --       | {"dup", N, amount, key, status, created_us, expires_us, captured, entry}
---       | {"short", available}
+--       | {"short", available} | {"conflict"} (a ledger entry of the account has the key)
+-- A dup is the first hold; the caller compares its amount with this call's.
 local function reply(tag, n)
   local h = redis.call('HMGET', KEYS[1] .. ':hold:' .. n,
     'amount', 'key', 'status', 'created', 'expires', 'captured', 'entry')
@@ -13,6 +14,9 @@ end
 local known = redis.call('HGET', KEYS[2], 'h:' .. ARGV[2])
 if known then
   return reply('dup', known)
+end
+if redis.call('HEXISTS', KEYS[2], 'e:' .. ARGV[2]) == 1 then
+  return {'conflict'}
 end
 local b = redis.call('HMGET', KEYS[1], 'total', 'held')
 local available = (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0)
