@@ -1,43 +1,71 @@
 """SQLite's writer: one thread, and every write waiting at that moment committed together.
 
 SQLite admits one writer at a time and a commit costs an fsync (synchronous=FULL). So the
-wallet hands each write transaction, as a plain blocking function, to one thread of its own,
-which runs whatever has queued up inside a single BEGIN IMMEDIATE ... COMMIT, each function in
-its own SAVEPOINT: a refused or failed operation rolls back alone, the rest commit, and one
-fsync serves them all (group commit). Nobody is told a result before its commit is done. A lone
-write runs without a savepoint, so at low load it is a plain transaction.
+wallet hands each write transaction, as a plain blocking function of a sqlite3 cursor, to one
+thread of its own with its own sqlite3 connection, which runs whatever has queued up inside a
+single BEGIN IMMEDIATE ... COMMIT, each function in its own SAVEPOINT: a refused or failed
+operation rolls back alone, the rest commit, and one fsync serves them all (group commit).
+Nobody is told a result before its commit is done. A lone write runs without a savepoint, so at
+low load it is a plain transaction. The functions run fixed SQL text (sql_lite), which sqlite3
+compiles once and caches: no SQLAlchemy on this thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
-
-from billing.wallet.sql_engine import is_transient, retrying_sync
+from billing.wallet.sql_engine import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
 
 MAX_BATCH = 256
+ATTEMPTS = 50
 
+_Fn = Callable[[sqlite3.Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Another process holds the write lock past busy_timeout; the whole batch is retried."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 class SqliteWriter:
     """Runs write transactions for one process on one thread, batching concurrent ones."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, path: str, synchronous: str) -> None:
+        self._path = path
+        self._sync = synchronous
+        self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wallet-writer")
-        self._pending: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[_Fn, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(conn)` inside a committed write transaction and return what it returned."""
+    def _connection(self) -> sqlite3.Connection:
+        """The writer's connection, opened on first use (on the writer thread)."""
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # we send BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+                cached_statements=64,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._sync}")
+            self._conn = conn
+        return self._conn
+
+    async def run(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        """Run `fn(cursor)` inside a committed write transaction and return what it returned."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, fut))
         if self._flusher is None or self._flusher.done():
@@ -61,35 +89,58 @@ class SqliteWriter:
                 else:
                     fut.set_exception(value)
 
-    def _run_batch(self, fns: list[Callable[[Connection], Any]]) -> list[_Outcome]:
-        if len(fns) == 1:
+    def _run_batch(self, fns: list[_Fn]) -> list[_Outcome]:
+        delay = 0.002
+        for attempt in range(ATTEMPTS):
             try:
-                return [(True, retrying_sync(lambda: self._alone(fns[0])))]
-            except Exception as exc:
-                return [(False, exc)]
-        return retrying_sync(lambda: self._together(fns))
+                return self._once(fns)
+            except sqlite3.OperationalError as exc:
+                if attempt == ATTEMPTS - 1 or not is_transient(exc):
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+        raise AssertionError("unreachable")
 
-    def _alone(self, fn: Callable[[Connection], T]) -> T:
-        with self._engine.begin() as conn:
-            return fn(conn)
-
-    def _together(self, fns: list[Callable[[Connection], Any]]) -> list[_Outcome]:
+    def _once(self, fns: list[_Fn]) -> list[_Outcome]:
+        """One transaction; a lone function runs without a savepoint (its error rolls back)."""
+        conn = self._connection()
+        cur = conn.cursor()
+        alone = len(fns) == 1
         outcomes: list[_Outcome] = []
-        with self._engine.begin() as conn:
+        cur.execute("BEGIN IMMEDIATE")
+        try:
             for fn in fns:
+                if not alone:
+                    cur.execute("SAVEPOINT op")
                 try:
-                    with conn.begin_nested():
-                        outcomes.append((True, fn(conn)))
-                except DBAPIError as exc:
+                    outcomes.append((True, fn(cur)))
+                except Exception as exc:
                     if is_transient(exc):
                         raise  # retry the whole batch
+                    if alone:
+                        if conn.in_transaction:
+                            cur.execute("ROLLBACK")
+                        return [(False, exc)]
+                    cur.execute("ROLLBACK TO op")
                     outcomes.append((False, exc))
-                except Exception as exc:
-                    outcomes.append((False, exc))
+                if not alone:
+                    cur.execute("RELEASE op")
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
         return outcomes
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_connection)
         self._thread.shutdown(wait=False)

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event, pool
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -107,38 +105,17 @@ def _sqlite_engine(u: URL) -> AsyncEngine:
     return engine
 
 
-def sqlite_sync_writer(url: str | URL) -> Engine | None:
-    """A blocking engine (sqlite3 driver) for the wallet's writer thread; None for :memory:.
+def sqlite_file(url: str | URL) -> tuple[str, str] | None:
+    """(path, synchronous) of a SQLite file for the wallet's writer thread; None for :memory:.
 
     Each aiosqlite statement is several hand-offs to its thread; running a whole write
-    transaction on one thread of our own costs one hand-off, several times faster.
+    transaction on one thread of our own, in plain sqlite3, costs one hand-off and no
+    SQLAlchemy statement building.
     """
     u, sync, memory = _sqlite_options(normalize_url(url))
     if memory:
         return None
-    engine = sa_create_engine(
-        u.set(drivername="sqlite+pysqlite"),
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        poolclass=pool.QueuePool,
-        pool_size=1,
-        max_overflow=1,
-    )
-    _sqlite_events(engine, sync, memory)
-    return engine.execution_options(**{WRITE_OPTION: True})
-
-
-def retrying_sync(op: Callable[[], T], *, attempts: int = 50) -> T:
-    """`retrying` for a blocking caller (the SQLite writer thread)."""
-    delay = 0.002
-    for attempt in range(attempts):
-        try:
-            return op()
-        except DBAPIError as exc:
-            if attempt == attempts - 1 or not is_transient(exc):
-                raise
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.25)
-    raise AssertionError("unreachable")
+    return str(Path(str(u.database)).expanduser()), sync
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

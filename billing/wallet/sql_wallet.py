@@ -15,25 +15,28 @@ The ledger row and the balance change are written in the same transaction. On a 
 a process's writes run on one writer thread that group-commits whatever is waiting (sql_batch),
 each transaction opened with BEGIN IMMEDIATE; other processes wait on busy_timeout, and a
 leftover "database is locked" is retried. On PostgreSQL a hold and a capture are one statement
-each (sql_pg). Every transaction is written as plain blocking Core code and run on the writer
-thread (SQLite) or through `AsyncConnection.run_sync` on asyncpg (PostgreSQL).
+each (sql_pg). Every write transaction is written as plain blocking Core code, run through
+`AsyncConnection.run_sync` (PostgreSQL, SQLite :memory:), and, for a SQLite file, once more as
+the same statements in plain sqlite3 with fixed SQL text (sql_lite), run on the writer thread.
+Reads go through SQLAlchemy on every backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from billing.wallet import sql_pg
+from billing.wallet import sql_lite, sql_pg
 from billing.wallet.base import (
     CAPTURE,
     CAPTURED,
@@ -58,7 +61,7 @@ from billing.wallet.sql_engine import (
     is_sqlite,
     migrate,
     retrying,
-    sqlite_sync_writer,
+    sqlite_file,
     writer,
 )
 from billing.wallet.sql_schema import accounts, entries, holds
@@ -66,24 +69,15 @@ from billing.wallet.sql_schema import accounts, entries, holds
 T = TypeVar("T")
 
 MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
-CAPTURE_KEY_PREFIX = "capture:"  # a capture's ledger key is "capture:" + the hold's key
+CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
 
 _p = sa.bindparam
-
-
-class _Retry(Exception):
-    """A concurrent change raced this transaction's view; run it again."""
+_Retry = sql_lite.Retry
+_Deferred = sql_lite.Deferred
 
 
 class _CaptureKeyUsed(Exception):
     """PostgreSQL refused a capture's ledger key (the transaction is aborted; name it after)."""
-
-
-class _Deferred:
-    """An error to raise after the transaction commits (an expired hold is voided, then refused)."""
-
-    def __init__(self, error: WalletError) -> None:
-        self.error = error
 
 
 def _check_amount(amount: int, *, zero_ok: bool = False) -> None:
@@ -150,11 +144,11 @@ _HOLD_SELECT = sa.select(*_HOLD_COLS, _capture_entry.c.id.label("entry_id")).sel
 class SqlWallet:
     """Wallet protocol on SQLite or PostgreSQL (see module docstring for how it stays exact)."""
 
-    def __init__(self, engine: AsyncEngine, sync_writer: Engine | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, sqlite_path: tuple[str, str] | None = None) -> None:
         self._engine = engine
         self._writer = writer(engine)
         self._sqlite = is_sqlite(engine)
-        self._sqlite_writer = SqliteWriter(sync_writer) if sync_writer is not None else None
+        self._sqlite_writer = SqliteWriter(*sqlite_path) if sqlite_path is not None else None
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._build_statements()
 
@@ -167,7 +161,7 @@ class SqlWallet:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, sqlite_sync_writer(url) if is_sqlite(engine) else None)
+        return cls(engine, sqlite_file(url) if is_sqlite(engine) else None)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -267,17 +261,18 @@ class SqlWallet:
 
     # -- transactions ----------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` as one write transaction, retried whole on lock/serialization failures.
+    async def _write(self, fn: Callable[[Connection], T], lite: Callable[[sqlite3.Cursor], T]) -> T:
+        """Run one write transaction, retried whole on lock/serialization failures.
 
-        `fn` is plain blocking Core code. SQLite files: it runs on the wallet's writer thread,
-        group-committed with whatever else is waiting (see sql_batch). PostgreSQL: it runs
-        through `AsyncConnection.run_sync`, each statement awaited on asyncpg.
+        SQLite files: `lite`, the same transaction in plain sqlite3 (sql_lite), runs on the
+        wallet's writer thread, group-committed with whatever else is waiting (see sql_batch).
+        PostgreSQL and SQLite :memory:: `fn`, plain blocking Core code, runs through
+        `AsyncConnection.run_sync`, each statement awaited on the async driver.
         """
         for _ in range(20):
             try:
                 if self._sqlite_writer is not None:
-                    return await self._sqlite_writer.run(fn)
+                    return await self._sqlite_writer.run(lite)
                 return await retrying(lambda: self._write_async(fn))
             except _Retry:
                 await asyncio.sleep(0)
@@ -377,7 +372,8 @@ class SqlWallet:
                 meta=meta,
             )
 
-        return await self._write(tx)
+        lite = sql_lite.entry_tx(kind, account, amount, key, reason, ref, meta)
+        return await self._write(tx, lite)
 
     async def hold(self, account: str, amount: int, key: str, ttl: float) -> Hold:
         _check_amount(amount)
@@ -428,7 +424,7 @@ class SqlWallet:
                 expires_at=now + span,
             )
 
-        return await self._write(tx)
+        return await self._write(tx, sql_lite.hold_tx(account, amount, key, span))
 
     def _hold_replay(self, conn: Connection, account: str, amount: int, key: str) -> Hold:
         """The hold the key already names on this account, if it was for the same amount."""
@@ -518,7 +514,7 @@ class SqlWallet:
             )
 
         try:
-            result = await self._write(tx)
+            result = await self._write(tx, sql_lite.capture_tx(hid, amount, reason, meta))
         except _CaptureKeyUsed as exc:
             h = await self.get_hold(hold_id)
             raise IdempotencyConflict(h.account, CAPTURE_KEY_PREFIX + h.key) from exc
@@ -576,7 +572,7 @@ class SqlWallet:
                 return _Deferred(HoldNotActive(h.id, EXPIRED))
             return h
 
-        result = await self._write(tx)
+        result = await self._write(tx, sql_lite.void_tx(hid, reason))
         if isinstance(result, _Deferred):
             raise result.error
         return result
@@ -599,7 +595,7 @@ class SqlWallet:
                 )
             return len(rows)
 
-        return await self._write(tx)
+        return await self._write(tx, sql_lite.sweep_tx(at))
 
     # -- reading ---------------------------------------------------------------------------
 
