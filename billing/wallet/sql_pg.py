@@ -7,8 +7,14 @@ row is what concurrent spenders of one account queue on.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from billing.wallet.base import CAPTURE, CAPTURED, HELD
 from billing.wallet.sql_schema import UtcDateTime, accounts, entries, holds
@@ -104,3 +110,103 @@ def capture_statement(capture_prefix: str) -> sa.Select[tuple[str, str, int]]:
     return sa.select(
         h.c.account, h.c.key, line.c.id, sa.select(moved.c.id).scalar_subquery().label("moved")
     ).select_from(h.join(line, sa.true()))
+
+
+# --- the fast path: one autocommit statement per call, straight on asyncpg --------------------
+#
+# A hold and a capture that succeed need no transaction around them: each is one statement,
+# and a single statement is atomic on its own. Sent as plain asyncpg prepared statements (no
+# BEGIN/COMMIT round trips, no SQLAlchemy per call) they cost one round trip, like a bare UPDATE.
+# Whenever the answer is not a plain success (a replay, a refusal, a key taken, a lock error),
+# the statement has changed nothing and the caller runs the transactional path above, which
+# finds out why and answers exactly as before.
+
+FAST_HOLD = f"""
+WITH ins AS (
+    INSERT INTO {holds.name} (account, amount, key, status, captured, created_at, expires_at)
+    SELECT $1::varchar, $2::bigint, $3::varchar, '{HELD}', 0, $4::timestamptz, $5::timestamptz
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {entries.name} e WHERE e.account = $1::varchar AND e.key = $3::varchar
+    )
+    ON CONFLICT (account, key) DO NOTHING
+    RETURNING id
+), upd AS (
+    UPDATE {accounts.name} SET held = held + $2::bigint
+    WHERE id = $1::varchar AND total - held >= $2::bigint AND EXISTS (SELECT 1 FROM ins)
+    RETURNING id
+)
+SELECT (SELECT id FROM ins) AS id,
+       1 / (CASE WHEN EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)
+                 THEN 0 ELSE 1 END) AS guard
+"""
+"""Insert the hold and reserve its amount, or change nothing.
+
+id NULL: the key is already used on the account (by a hold or a ledger entry). A refused
+reservation divides by zero, which aborts the statement and so undoes the insert.
+"""
+
+
+def fast_capture(capture_prefix: str) -> str:
+    """Close a live, unexpired, large-enough hold, move the money, write the ledger line.
+
+    One row (account, hold key, entry id) on success; no row when the hold could not be
+    captured; a unique violation when the account's ledger already uses the capture's key.
+    """
+    prefix = capture_prefix.replace("'", "''")
+    return f"""
+WITH h AS (
+    UPDATE {holds.name}
+    SET status = '{CAPTURED}', captured = $2::bigint, closed_at = $3::timestamptz
+    WHERE id = $1::bigint AND status = '{HELD}' AND expires_at > $3::timestamptz
+      AND amount >= $2::bigint
+    RETURNING account, amount, key
+), moved AS (
+    UPDATE {accounts.name} a SET held = a.held - h.amount, total = a.total - $2::bigint
+    FROM h WHERE a.id = h.account
+    RETURNING a.id
+), line AS (
+    INSERT INTO {entries.name} (account, kind, amount, key, reason, ref, meta, created_at)
+    SELECT h.account, '{CAPTURE}', -$2::bigint, '{prefix}' || h.key, $4::text, $5::varchar,
+           $6::json, $3::timestamptz
+    FROM h
+    RETURNING id
+)
+SELECT h.account, h.key, line.id, (SELECT id FROM moved) AS moved FROM h, line
+"""
+
+
+class KeyTaken(Exception):
+    """The statement hit a unique key (a capture: its ledger key is already used)."""
+
+
+FALLBACK: Any = object()  # the fast statement could not answer; take the transactional path
+
+
+async def fast_fetchrow(engine: AsyncEngine, sql: str, *args: Any) -> Any:
+    """Run one fast statement on a raw asyncpg connection of the wallet's own pool.
+
+    Returns the first row, None, or FALLBACK when the server refused the statement (it then
+    changed nothing) or the connection failed (the caller's transactional retry is idempotent:
+    the hold's key or the hold's status tells it what already happened). A unique violation
+    raises KeyTaken: for a capture it means the ledger already uses the capture's key.
+    """
+    fairy = await engine.raw_connection()  # checked out of the wallet's SQLAlchemy pool
+    driver: asyncpg.Connection = fairy.driver_connection  # type: ignore[assignment]
+    try:
+        row = await driver.fetchrow(sql, *args)
+    except asyncpg.UniqueViolationError as exc:
+        await greenlet_spawn(fairy.close)
+        raise KeyTaken from exc
+    except asyncpg.PostgresError:
+        await greenlet_spawn(fairy.close)
+        return FALLBACK
+    except BaseException as exc:  # a broken or interrupted connection: never reuse it
+        with contextlib.suppress(Exception):
+            await greenlet_spawn(fairy.invalidate)
+        if isinstance(exc, Exception):
+            return FALLBACK
+        raise
+    # Back to the pool (no transaction was begun on it); an overflow connection is closed,
+    # which is I/O, hence inside SQLAlchemy's greenlet.
+    await greenlet_spawn(fairy.close)
+    return row

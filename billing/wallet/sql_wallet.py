@@ -15,9 +15,11 @@ The ledger row and the balance change are written in the same transaction. On a 
 a process's writes run on one writer thread that group-commits whatever is waiting (sql_batch),
 each transaction opened with BEGIN IMMEDIATE; other processes wait on busy_timeout, and a
 leftover "database is locked" is retried. On PostgreSQL a hold and a capture are one statement
-each (sql_pg). Every write transaction is written as plain blocking Core code, run through
-`AsyncConnection.run_sync` (PostgreSQL, SQLite :memory:), and, for a SQLite file, once more as
-the same statements in plain sqlite3 with fixed SQL text (sql_lite), run on the writer thread.
+each (sql_pg), tried first alone in autocommit on the pool's raw asyncpg connection (one round
+trip); anything but a plain success changed nothing and reruns as the transaction. Every write
+transaction is written as plain blocking Core code, run through `AsyncConnection.run_sync`
+(PostgreSQL, SQLite :memory:), and, for a SQLite file, once more as the same statements in
+plain sqlite3 with fixed SQL text (sql_lite), run on the writer thread.
 Reads go through SQLAlchemy on every backend.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -173,6 +176,7 @@ class SqlWallet:
         insert = sqlite.insert if self._sqlite else postgresql.insert
         self._pg_hold = None if self._sqlite else sql_pg.hold_statement()
         self._pg_capture = None if self._sqlite else sql_pg.capture_statement(CAPTURE_KEY_PREFIX)
+        self._fast_capture = sql_pg.fast_capture(CAPTURE_KEY_PREFIX)
         self._ins_entry = (
             insert(entries)
             .on_conflict_do_nothing(index_elements=["account", "key"])
@@ -380,6 +384,14 @@ class SqlWallet:
         if not ttl > 0:
             raise ValueError(f"hold ttl must be positive seconds, got {ttl!r}")
         span = timedelta(seconds=ttl)
+        if self._pg_hold is not None:  # one autocommit statement when it simply succeeds
+            now = datetime.now(UTC)
+            with contextlib.suppress(sql_pg.KeyTaken):
+                row = await sql_pg.fast_fetchrow(
+                    self._engine, sql_pg.FAST_HOLD, account, amount, key, now, now + span
+                )
+                if row is not sql_pg.FALLBACK and row is not None and row["id"] is not None:
+                    return Hold(str(row["id"]), account, amount, key, HELD, now, now + span)
 
         def tx(conn: Connection) -> Hold:
             now = datetime.now(UTC)
@@ -451,6 +463,34 @@ class SqlWallet:
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
         meta = dict(meta or {})
+        if self._pg_capture is not None:  # one autocommit statement when it simply succeeds
+            now = datetime.now(UTC)
+            try:
+                got = await sql_pg.fast_fetchrow(
+                    self._engine,
+                    self._fast_capture,
+                    hid,
+                    amount,
+                    now,
+                    reason or "capture",
+                    str(hid),
+                    json.dumps(meta) if meta else None,
+                )
+            except sql_pg.KeyTaken as exc:
+                h = await self.get_hold(hold_id)
+                raise IdempotencyConflict(h.account, CAPTURE_KEY_PREFIX + h.key) from exc
+            if got is not sql_pg.FALLBACK and got is not None:
+                return Entry(
+                    id=str(got["id"]),
+                    account=got["account"],
+                    kind=CAPTURE,
+                    amount=-amount,
+                    key=CAPTURE_KEY_PREFIX + got["key"],
+                    reason=reason or "capture",
+                    created_at=now,
+                    ref=str(hid),
+                    meta=meta,
+                )
 
         def tx(conn: Connection) -> Entry | _Deferred:
             now = datetime.now(UTC)
