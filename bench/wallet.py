@@ -149,10 +149,25 @@ async def _raw_postgres(dsn: str, connections: int, workers: int) -> AsyncIterat
             [(w,) for w in range(workers)],
         )
 
-        async def update(w: int, i: int) -> None:
-            await pool.execute("UPDATE bench_raw SET n = n + 1 WHERE id = $1", w)
+        # Check the connections out once: a pool's per-call acquire/release would add its reset
+        # query to every raw write and flatter the wallet's ratio.
+        idle: asyncio.Queue[Any] = asyncio.Queue()
+        held = [await pool.acquire() for _ in range(min(workers, connections))]
+        for conn in held:
+            idle.put_nowait(conn)
 
-        yield update
+        async def update(w: int, i: int) -> None:
+            conn = await idle.get()
+            try:
+                await conn.execute("UPDATE bench_raw SET n = n + 1 WHERE id = $1", w)
+            finally:
+                idle.put_nowait(conn)
+
+        try:
+            yield update
+        finally:
+            for conn in held:
+                await pool.release(conn)
     finally:
         await pool.close()
 
