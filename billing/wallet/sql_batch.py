@@ -8,6 +8,11 @@ operation rolls back alone, the rest commit, and one fsync serves them all (grou
 Nobody is told a result before its commit is done. A lone write runs without a savepoint, so at
 low load it is a plain transaction. The functions run fixed SQL text (sql_lite), which sqlite3
 compiles once and caches: no SQLAlchemy on this thread.
+
+The bot's SQLite store uses the same writer for its own file (one mechanism, one set of retry
+and rollback rules). For it, a call may be a read (`write=False`: a batch of reads only runs
+without a transaction) or a `relaxed` write whose loss after a power cut is harmless: a batch
+made only of those commits with synchronous=NORMAL even when the writer's level is FULL/EXTRA.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ ATTEMPTS = 50
 
 _Fn = Callable[[sqlite3.Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
+_DURABLE = ("FULL", "EXTRA")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -40,12 +46,14 @@ def is_transient(exc: BaseException) -> bool:
 class SqliteWriter:
     """Runs write transactions for one process on one thread, batching concurrent ones."""
 
-    def __init__(self, path: str, synchronous: str) -> None:
+    def __init__(self, path: str, synchronous: str, *, name: str = "wallet-writer") -> None:
         self._path = path
         self._sync = synchronous
+        self._current_sync = ""
         self._conn: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wallet-writer")
-        self._pending: list[tuple[_Fn, asyncio.Future[Any]]] = []
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # (fn, writes?, relaxed?, future)
+        self._pending: list[tuple[_Fn, bool, bool, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def _connection(self) -> sqlite3.Connection:
@@ -60,14 +68,26 @@ class SqliteWriter:
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._sync}")
             self._conn = conn
+            self._set_sync(self._sync)
         return self._conn
 
-    async def run(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        """Run `fn(cursor)` inside a committed write transaction and return what it returned."""
+    def _set_sync(self, level: str) -> None:
+        if level != self._current_sync:
+            assert self._conn is not None
+            self._conn.execute(f"PRAGMA synchronous = {level}")
+            self._current_sync = level
+
+    async def open(self) -> None:
+        """Open the connection now (on the writer thread) rather than on the first call."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._connection)
+
+    async def run(
+        self, fn: Callable[[sqlite3.Cursor], T], *, write: bool = True, relaxed: bool = False
+    ) -> T:
+        """Run `fn(cursor)` (inside a committed transaction if it writes) and return its result."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, fut))
+        self._pending.append((fn, write, relaxed, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await fut
@@ -76,12 +96,16 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            fns = [fn for fn, _ in batch]
+            fns = [fn for fn, _, _, _ in batch]
+            write = any(w for _, w, _, _ in batch)
+            relaxed = all(r or not w for _, w, r, _ in batch)
             try:
-                outcomes = await loop.run_in_executor(self._thread, self._run_batch, fns)
+                outcomes = await loop.run_in_executor(
+                    self._thread, self._run_batch, fns, write, relaxed
+                )
             except Exception as exc:  # the whole transaction failed (e.g. the disk)
                 outcomes = [(False, exc)] * len(batch)
-            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, _, _, fut), (ok, value) in zip(batch, outcomes, strict=True):
                 if fut.done():  # the caller gave up waiting; its write stands or not as above
                     continue
                 if ok:
@@ -89,11 +113,15 @@ class SqliteWriter:
                 else:
                     fut.set_exception(value)
 
-    def _run_batch(self, fns: list[_Fn]) -> list[_Outcome]:
+    def _run_batch(
+        self, fns: list[_Fn], write: bool = True, relaxed: bool = False
+    ) -> list[_Outcome]:
         delay = 0.002
         for attempt in range(ATTEMPTS):
             try:
-                return self._once(fns)
+                if not write:
+                    return self._reads(fns)
+                return self._once(fns, relaxed)
             except sqlite3.OperationalError as exc:
                 if attempt == ATTEMPTS - 1 or not is_transient(exc):
                     raise
@@ -101,9 +129,27 @@ class SqliteWriter:
             delay = min(delay * 2, 0.25)
         raise AssertionError("unreachable")
 
-    def _once(self, fns: list[_Fn]) -> list[_Outcome]:
+    def _reads(self, fns: list[_Fn]) -> list[_Outcome]:
+        """Reads only: no transaction needed (WAL readers never wait for the writer)."""
+        cur = self._connection().cursor()
+        outcomes: list[_Outcome] = []
+        try:
+            for fn in fns:
+                try:
+                    outcomes.append((True, fn(cur)))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    outcomes.append((False, exc))
+        finally:
+            cur.close()
+        return outcomes
+
+    def _once(self, fns: list[_Fn], relaxed: bool = False) -> list[_Outcome]:
         """One transaction; a lone function runs without a savepoint (its error rolls back)."""
         conn = self._connection()
+        if self._sync in _DURABLE:
+            self._set_sync("NORMAL" if relaxed else self._sync)
         cur = conn.cursor()
         alone = len(fns) == 1
         outcomes: list[_Outcome] = []

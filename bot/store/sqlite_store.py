@@ -3,8 +3,9 @@
 The same tables and the same single-statement semantics as `SqlStore` (`add` is an upsert
 that only overwrites an expired row, with RETURNING; `incr` one upsert), so every guarantee
 that rests on SQLite's locking holds across processes unchanged. What differs is the cost:
-each call is a short function queued for one thread of this store's own, which runs whatever
-has queued up meanwhile inside one BEGIN IMMEDIATE ... COMMIT (reads alone need no
+each call is a short function queued for the wallet's group-commit writer
+(`billing.wallet.sql_batch.SqliteWriter`, on a thread and connection of the store's own), which
+runs whatever has queued up meanwhile inside one BEGIN IMMEDIATE ... COMMIT (reads alone need no
 transaction). One thread hand-off and one commit serve a whole batch, and the statements are
 plain SQL text that sqlite3 compiles once and caches, instead of SQLAlchemy building each one.
 
@@ -21,15 +22,13 @@ FULL/EXTRA applies to everything, as for the wallet.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
+from billing.wallet.sql_batch import SqliteWriter, is_transient
 from billing.wallet.sql_engine import (
-    BUSY_TIMEOUT_MS,
     _sqlite_options,
     create_engine,
     migrate,
@@ -37,9 +36,6 @@ from billing.wallet.sql_engine import (
 )
 from bot.store.base import Op
 
-T = TypeVar("T")
-
-MAX_BATCH = 256
 PURGE_EVERY = 1000  # writes between two purges of expired rows
 RELAXED_PREFIXES = ("seen:", "inflight:", "conv:")
 
@@ -80,24 +76,12 @@ def _relaxed(write: bool, key: str | None) -> bool:
     return not write or (key is not None and key.startswith(RELAXED_PREFIXES))
 
 
-def _transient(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
-
-
 class SqliteStore:
     """Store protocol on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str, synchronous: str) -> None:
-        self._path = path
-        self._durable = synchronous if synchronous in ("FULL", "EXTRA") else None
-        self._sync = synchronous
-        self._conn: sqlite3.Connection | None = None
-        self._current_sync = ""
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sqlite")
-        # (op, writes?, relaxed?, future)
-        self._pending: list[tuple[_Op, bool, bool, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # The wallet's group-commit writer, on a thread and connection of the store's own.
+        self._writer = SqliteWriter(path, synchronous, name="store-sqlite")
         self._writes = 0
 
     @classmethod
@@ -112,114 +96,24 @@ class SqliteStore:
         finally:
             await engine.dispose()
         store = cls(str(u.database), sync)
-        await asyncio.get_running_loop().run_in_executor(store._thread, store._connect)
+        await store._writer.open()
         return store
 
-    def _connect(self) -> None:
-        conn = sqlite3.connect(
-            self._path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,  # we send BEGIN IMMEDIATE / COMMIT ourselves
-            check_same_thread=False,
-            cached_statements=64,
-        )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        self._conn = conn
-        self._set_sync(self._sync)
-
-    def _set_sync(self, level: str) -> None:
-        if level != self._current_sync:
-            assert self._conn is not None
-            self._conn.execute(f"PRAGMA synchronous = {level}")
-            self._current_sync = level
-
-    # --- the queue ---------------------------------------------------------------------------
-
     async def _call(self, op: _Op, *, write: bool, relaxed: bool) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, write, relaxed, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            writes = sum(1 for _, write, _, _ in batch if write)
-            purge = False
-            if writes:
-                before = self._writes
-                self._writes += writes
-                purge = before // PURGE_EVERY != self._writes // PURGE_EVERY
-            relaxed = all(relaxed or not write for _, write, relaxed, _ in batch)
-            ops = [op for op, _, _, _ in batch]
-            try:
-                outcomes = await loop.run_in_executor(
-                    self._thread, self._run_batch, ops, bool(writes), relaxed, purge
-                )
-            except Exception as exc:  # the whole transaction failed (e.g. the disk)
-                outcomes = [(False, exc)] * len(batch)
-            for (_, _, _, fut), (ok, value) in zip(batch, outcomes, strict=True):
-                if fut.done():  # the caller gave up waiting; its write stands or not as above
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-
-    def _run_batch(
-        self, ops: list[_Op], write: bool, relaxed: bool, purge: bool
-    ) -> list[tuple[bool, Any]]:
-        delay = 0.002
-        for attempt in range(50):
-            try:
-                return self._once(ops, write, relaxed, purge)
-            except sqlite3.OperationalError as exc:
-                if attempt == 49 or not _transient(exc):
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        raise AssertionError("unreachable")
-
-    def _once(
-        self, ops: list[_Op], write: bool, relaxed: bool, purge: bool
-    ) -> list[tuple[bool, Any]]:
-        conn = self._conn
-        assert conn is not None
-        now = time.time_ns() // 1_000_000
-        if self._durable is not None:
-            self._set_sync("NORMAL" if relaxed else self._durable)
-        cur = conn.cursor()
-        outcomes: list[tuple[bool, Any]] = []
+        """Queue `op` on the writer; every PURGE_EVERY writes one also drops expired rows."""
+        purge = False
         if write:
-            cur.execute("BEGIN IMMEDIATE")
-        try:
-            for op in ops:
-                try:
-                    outcomes.append((True, op(cur, now)))
-                except sqlite3.OperationalError as exc:
-                    if _transient(exc):
-                        raise  # retry the whole batch
-                    outcomes.append((False, exc))
-                except Exception as exc:
-                    outcomes.append((False, exc))
-                # A failed statement is undone alone; if SQLite gave up the whole transaction,
-                # the earlier results are void: fail the batch rather than report them.
-                if write and not conn.in_transaction:
-                    raise sqlite3.OperationalError("transaction rolled back by SQLite")
+            self._writes += 1
+            purge = self._writes % PURGE_EVERY == 0
+
+        def fn(cur: sqlite3.Cursor) -> Any:
+            now = time.time_ns() // 1_000_000
+            result = op(cur, now)
             if purge:
                 cur.execute(_PURGE, (now,))
-            if write:
-                cur.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-        finally:
-            cur.close()
-        return outcomes
+            return result
+
+        return await self._writer.run(fn, write=write, relaxed=relaxed)
 
     # --- the Store protocol ------------------------------------------------------------------
 
@@ -243,7 +137,7 @@ class SqliteStore:
                 try:
                     out.append((True, one(cur, now)))
                 except sqlite3.OperationalError as exc:
-                    if _transient(exc):
+                    if is_transient(exc):
                         raise
                     out.append((False, exc))
             return out
@@ -355,10 +249,4 @@ class SqliteStore:
         return await self._one("smembers", name)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        if self._conn is not None:
-            await loop.run_in_executor(self._thread, self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=False)
+        await self._writer.close()
