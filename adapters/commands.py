@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
+from bot import runtime
 from bot.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def chat_command(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    return asyncio.run(run_console(settings))
+    return runtime.run(run_console(settings), settings.event_loop)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -56,4 +56,4 @@ def run_command(args: argparse.Namespace) -> int:
     if not configured(settings):
         return chat_command(args)
     _setup_logging(settings, quiet=False)
-    return asyncio.run(serve(settings))
+    return runtime.run(serve(settings), settings.event_loop)

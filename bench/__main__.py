@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import pkgutil
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bench
+from bot import runtime  # the product's event loop (uvloop where installed)
 
 
 def _modules() -> list[str]:
@@ -22,7 +22,7 @@ def _call(main: Callable[..., Any], argv: list[str] | None) -> None:
     takes_args = bool(inspect.signature(main).parameters)
     result = main(argv) if takes_args else main()
     if inspect.iscoroutine(result):
-        asyncio.run(result)
+        runtime.run(result)
 
 
 def run(args: list[str]) -> int:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from billing.wallet.base import HELD, Balance, Entry, Hold, InsufficientCredits
+from bot import runtime  # the product's event loop (uvloop where installed)
 from bot.core import Core
 from bot.events import FinalText, Message
 from bot.providers.openai import Delta, Usage
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", choices=("all", "memory", "sqlite", "sqlite-normal", "redis"), default="all"
     )
-    asyncio.run(amain(parser.parse_args(argv)))
+    runtime.run(amain(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

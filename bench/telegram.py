@@ -27,6 +27,7 @@ from aiohttp import ClientSession, web
 
 from adapters.telegram import install
 from billing.money import MILLI_PER_CREDIT
+from bot import runtime  # the product's event loop (uvloop where installed)
 from bot.core import Core
 from bot.events import FinalText, Message, TextDelta
 from bot.settings import Settings
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workloads", nargs="+", choices=sorted(TEXTS), default=["adapter", "command", "chat"]
     )
-    asyncio.run(amain(parser.parse_args(argv)))
+    runtime.run(amain(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 
 from billing.wallet import open_wallet
 from billing.wallet.base import Wallet
+from bot import runtime  # the product's event loop (uvloop where installed)
 
 _FUND = 10**15  # millicredits per bench account: never runs dry
 
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     # Servers start outside the event loop, as in the tests.
     with _servers(backends, args.sqlite_sync) as urls:
-        asyncio.run(run(urls, backends, concurrencies, args.seconds))
+        runtime.run(run(urls, backends, concurrencies, args.seconds))
 
 
 if __name__ == "__main__":

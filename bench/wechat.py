@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
+from bot import runtime  # the product's event loop (uvloop where installed)
+
 TOKEN = "bench-token"
 APPID = "wxbench"
 TEXT = "Say something [[tokens:20]]"
@@ -97,7 +99,7 @@ def _generator(url: str, aes_key: str, args: dict[str, Any], conn: Any) -> None:
     requests = _build(url, aes_key, args["count"], args["users"], args["seed"])
     conn.send("ready")
     conn.recv()  # go
-    conn.send(asyncio.run(_load(url, requests, args["concurrency"])))
+    conn.send(runtime.run(_load(url, requests, args["concurrency"])))
 
 
 # --- the bot (this process) ------------------------------------------------------------------
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed += 1
                 if url.startswith("redis"):
                     _flush(url)
-                r = asyncio.run(run(mode, args.count, conc, args.users, seed, url, core_kind))
+                r = runtime.run(run(mode, args.count, conc, args.users, seed, url, core_kind))
                 print(
                     f"| {backend:<6} | {core_kind:<4} | {r['mode']:<16} | {r['concurrency']:>5} "
                     f"| {r['callbacks_per_s']:>11,.0f} | {r['answers_per_s']:>9,.0f} "

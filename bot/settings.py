@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,7 @@ class Settings(BaseSettings):
     sweep_interval_seconds: int = 30
     demo_credits: int = 100
     log_level: str = "INFO"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # --- the conversation core ---------------------------------------------------------
     default_model: str = "gpt-3.5-turbo"
