@@ -7,6 +7,8 @@ row is what concurrent spenders of one account queue on.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 from typing import Any
 
@@ -14,7 +16,6 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from billing.wallet.base import CAPTURE, CAPTURED, HELD
 from billing.wallet.sql_schema import UtcDateTime, accounts, entries, holds
@@ -182,31 +183,123 @@ class KeyTaken(Exception):
 FALLBACK: Any = object()  # the fast statement could not answer; take the transactional path
 
 
-async def fast_fetchrow(engine: AsyncEngine, sql: str, *args: Any) -> Any:
-    """Run one fast statement on a raw asyncpg connection of the wallet's own pool.
+class FastLane:
+    """A few asyncpg connections of the wallet's own, for the one-statement fast path only.
 
-    Returns the first row, None, or FALLBACK when the server refused the statement (it then
-    changed nothing) or the connection failed (the caller's transactional retry is idempotent:
-    the hold's key or the hold's status tells it what already happened). A unique violation
-    raises KeyTaken: for a capture it means the ledger already uses the capture's key.
+    They never begin a transaction, so a connection needs no reset between callers: it goes
+    back to the idle list as it is (a pool's release would send a reset query, one more round
+    trip per wallet call). SQLAlchemy's pool, with its checkout, greenlet and rollback-on-return,
+    stays for the transactional path. A broken or interrupted connection is dropped, never
+    reused; at most `size` are open, and callers beyond that queue for one.
     """
-    fairy = await engine.raw_connection()  # checked out of the wallet's SQLAlchemy pool
-    driver: asyncpg.Connection = fairy.driver_connection  # type: ignore[assignment]
-    try:
-        row = await driver.fetchrow(sql, *args)
-    except asyncpg.UniqueViolationError as exc:
-        await greenlet_spawn(fairy.close)
-        raise KeyTaken from exc
-    except asyncpg.PostgresError:
-        await greenlet_spawn(fairy.close)
-        return FALLBACK
-    except BaseException as exc:  # a broken or interrupted connection: never reuse it
-        with contextlib.suppress(Exception):
-            await greenlet_spawn(fairy.invalidate)
-        if isinstance(exc, Exception):
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        for own in (
+            "async_creator_fn",
+            "prepared_statement_cache_size",
+            "prepared_statement_name_func",
+        ):
+            kwargs.pop(own, None)  # SQLAlchemy's own options, not asyncpg's
+        self._args, self._kwargs = args, kwargs
+        self.size = max(1, size)
+        self._idle: list[asyncpg.Connection] = []
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[asyncpg.Connection | None]] = (
+            collections.deque()
+        )
+        self._closed = False
+
+    async def _acquire(self) -> asyncpg.Connection:
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._open < self.size:
+                self._open += 1
+                try:
+                    return await asyncpg.connect(*self._args, **self._kwargs)
+                except BaseException:
+                    self._open -= 1
+                    self._wake()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():  # answered as we were cancelled
+                    handed = waiter.result()
+                    if handed is not None:
+                        self._release(handed)  # pass the connection on
+                    else:
+                        self._wake()  # pass the room to open one on
+                raise
+            if conn is not None:
+                return conn
+            # None: a connection was dropped, so there is room to open one; loop round.
+
+    def _wake(self) -> None:
+        """Tell the first live waiter there is room to open a connection."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _release(self, conn: asyncpg.Connection) -> None:
+        if self._closed:
+            self._drop(conn)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        self._open -= 1
+        conn.terminate()
+        self._wake()
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        """Run one fast statement; the first row, None, or FALLBACK (see below).
+
+        FALLBACK when the server refused the statement (it then changed nothing) or the
+        connection failed (the caller's transactional retry is idempotent: the hold's key or
+        the hold's status tells it what already happened). A unique violation raises KeyTaken:
+        for a capture it means the ledger already uses the capture's key.
+        """
+        if self._closed:
             return FALLBACK
-        raise
-    # Back to the pool (no transaction was begun on it); an overflow connection is closed,
-    # which is I/O, hence inside SQLAlchemy's greenlet.
-    await greenlet_spawn(fairy.close)
-    return row
+        try:
+            conn = await self._acquire()
+        except Exception:  # cannot connect now: the transactional path will say why
+            return FALLBACK
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except asyncpg.UniqueViolationError as exc:
+            self._release(conn)
+            raise KeyTaken from exc
+        except asyncpg.PostgresError:
+            self._release(conn)  # an error of the statement; the connection is fine
+            return FALLBACK
+        except BaseException as exc:  # broken, or interrupted mid-statement: never reuse it
+            self._drop(conn)
+            if isinstance(exc, Exception):
+                return FALLBACK
+            raise
+        self._release(conn)
+        return row
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._open -= 1
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("the wallet is closed"))
+        self._waiters.clear()

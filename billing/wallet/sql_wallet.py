@@ -154,6 +154,12 @@ class SqlWallet:
         self._sqlite_writer = SqliteWriter(*sqlite_path) if sqlite_path is not None else None
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._build_statements()
+        # PostgreSQL: the one-statement fast path's own connections, as many as the pool's.
+        self._fast = (
+            None
+            if self._sqlite
+            else sql_pg.FastLane(engine, engine.pool.size() + engine.pool._max_overflow)  # type: ignore[attr-defined]
+        )
 
     @classmethod
     async def open(cls, url: str) -> SqlWallet:
@@ -387,8 +393,8 @@ class SqlWallet:
         if self._pg_hold is not None:  # one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             with contextlib.suppress(sql_pg.KeyTaken):
-                row = await sql_pg.fast_fetchrow(
-                    self._engine, sql_pg.FAST_HOLD, account, amount, key, now, now + span
+                row = await self._fast.fetchrow(  # type: ignore[union-attr]
+                    sql_pg.FAST_HOLD, account, amount, key, now, now + span
                 )
                 if row is not sql_pg.FALLBACK and row is not None and row["id"] is not None:
                     return Hold(str(row["id"]), account, amount, key, HELD, now, now + span)
@@ -466,8 +472,7 @@ class SqlWallet:
         if self._pg_capture is not None:  # one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             try:
-                got = await sql_pg.fast_fetchrow(
-                    self._engine,
+                got = await self._fast.fetchrow(  # type: ignore[union-attr]
                     self._fast_capture,
                     hid,
                     amount,
@@ -702,6 +707,8 @@ class SqlWallet:
         return [_hold(r) for r in await self._read(q)]
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         if self._sqlite_writer is not None:
             await self._sqlite_writer.close()
         await self._engine.dispose()
