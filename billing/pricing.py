@@ -2,8 +2,11 @@
 
 Chat prices are kept as exact Fractions of credits per 1K tokens, which is the same number as
 millicredits per token, so a charge is `ceil(sum(tokens x price))` millicredits: computed
-exactly and rounded up once. A model with no price is refused, never charged at a guess;
-dated snapshots reach a family's price only through the file's explicit `aliases`.
+exactly and rounded up once. (Each chat model also keeps its prices as integer numerators over
+one common denominator, so that exact sum is integer arithmetic: the same number as the
+Fraction sum, at a fraction of its cost on the chat path.) A model with no price is refused,
+never charged at a guess; dated snapshots reach a family's price only through the file's
+explicit `aliases`.
 """
 
 from __future__ import annotations
@@ -58,6 +61,24 @@ class ModelPrice:
     aliases: tuple[str, ...] = ()
     actions: Mapping[str, int] = field(default_factory=dict)  # image action -> millicredits
     note: str = ""
+    # The chat prices as integers over one common denominator (0 for an image model): price =
+    # _num_x / _den exactly, so a cost is one integer sum and one ceiling division.
+    _den: int = field(default=0, init=False, repr=False, compare=False)
+    _num_in: int = field(default=0, init=False, repr=False, compare=False)
+    _num_cached: int = field(default=0, init=False, repr=False, compare=False)
+    _num_out: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind != "chat" or self.input is None or self.output is None:
+            return
+        prices = [Fraction(self.input), Fraction(self.output)]
+        prices.append(prices[0] if self.cached_input is None else Fraction(self.cached_input))
+        den = math.lcm(*(p.denominator for p in prices))
+        num_in, num_out, num_cached = (p.numerator * (den // p.denominator) for p in prices)
+        object.__setattr__(self, "_den", den)
+        object.__setattr__(self, "_num_in", num_in)
+        object.__setattr__(self, "_num_out", num_out)
+        object.__setattr__(self, "_num_cached", num_cached)
 
     def chat_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
         """Millicredits for one reply: exact sum, rounded up once.
@@ -65,19 +86,33 @@ class ModelPrice:
         `cached_tokens` are part of `prompt_tokens` (as the API reports them) and cost the
         cached-input price where the model has one.
         """
-        self._require_chat()
-        for label, value in (
-            ("prompt_tokens", prompt_tokens),
-            ("completion_tokens", completion_tokens),
-            ("cached_tokens", cached_tokens),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{label} must be a non-negative integer, got {value!r}")
-        if cached_tokens > prompt_tokens:
-            raise ValueError(
-                f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})"
-            )
-        return math.ceil(self._exact_cost(prompt_tokens, completion_tokens, cached_tokens))
+        if not (
+            self._den
+            and type(prompt_tokens) is int
+            and type(completion_tokens) is int
+            and type(cached_tokens) is int
+            and 0 <= cached_tokens <= prompt_tokens
+            and completion_tokens >= 0
+        ):  # the common case skips the checks below, which name what is wrong
+            self._require_chat()
+            for label, value in (
+                ("prompt_tokens", prompt_tokens),
+                ("completion_tokens", completion_tokens),
+                ("cached_tokens", cached_tokens),
+            ):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{label} must be a non-negative integer, got {value!r}")
+            if cached_tokens > prompt_tokens:
+                raise ValueError(
+                    f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})"
+                )
+            self._require_prices()
+        scaled = (
+            (prompt_tokens - cached_tokens) * self._num_in
+            + cached_tokens * self._num_cached
+            + completion_tokens * self._num_out
+        )
+        return -(-scaled // self._den)  # ceil(scaled / den), exactly
 
     def max_completion_tokens(self, budget_milli: int, prompt_tokens: int) -> int:
         """The largest K with chat_cost(prompt_tokens, K) <= budget_milli (0 if none).
@@ -85,28 +120,22 @@ class ModelPrice:
         ceil(x) <= B exactly when x <= B for an integer B, so K = floor((B - prompt) / out).
         """
         self._require_chat()
-        assert self.output is not None
+        self._require_prices()
         if prompt_tokens < 0 or budget_milli < 0:
             raise ValueError("budget and prompt_tokens must be non-negative")
-        left = Fraction(budget_milli) - self._exact_cost(prompt_tokens, 0, 0)
+        # In units of 1/_den millicredit: floor((B - prompt x in) / out), exactly.
+        left = budget_milli * self._den - prompt_tokens * self._num_in
         if left <= 0:
             return 0
-        return math.floor(left / self.output)
-
-    def _exact_cost(
-        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> Fraction:
-        assert self.input is not None and self.output is not None
-        cached_price = self.input if self.cached_input is None else self.cached_input
-        return (
-            (prompt_tokens - cached_tokens) * self.input
-            + cached_tokens * cached_price
-            + completion_tokens * self.output
-        )
+        return left // self._num_out
 
     def _require_chat(self) -> None:
         if self.kind != "chat":
             raise UnknownModel(f"{self.name} is not a chat model")
+
+    def _require_prices(self) -> None:
+        if not self._den:
+            raise UnknownModel(f"{self.name} has no input and output prices")
 
 
 class PriceList:

@@ -177,6 +177,90 @@ def test_max_completion_tokens_is_the_longest_reply_the_budget_pays_for(
         assert PRICES.chat_cost(model, prompt, k + 1) > budget
 
 
+def fraction_cost(price: pricing.ModelPrice, prompt: int, completion: int, cached: int) -> int:
+    """The charge by its definition: the exact Fraction sum, rounded up once."""
+    assert price.input is not None and price.output is not None
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    exact = (prompt - cached) * price.input + cached * cached_price + completion * price.output
+    return -(-exact.numerator // exact.denominator)
+
+
+def fraction_max_completion(price: pricing.ModelPrice, budget: int, prompt: int) -> int:
+    assert price.input is not None and price.output is not None
+    left = Fraction(budget) - prompt * price.input
+    return 0 if left <= 0 else int(left // price.output)
+
+
+# Prices as an operator may write them: up to 6 decimals of a credit per 1K tokens.
+_PRICE = st.decimals(min_value=0, max_value=100_000, places=6, allow_nan=False).map(Fraction)
+
+
+@given(
+    input_price=_PRICE,
+    output_price=_PRICE.filter(lambda p: p > 0),
+    cached_price=st.none() | _PRICE,
+    prompt=st.integers(min_value=0, max_value=2_000_000),
+    completion=st.integers(min_value=0, max_value=2_000_000),
+    cached_share=st.fractions(min_value=0, max_value=1),
+    budget=st.integers(min_value=0, max_value=10**12),
+)
+def test_integer_cost_is_the_exact_fraction_cost(
+    input_price: Fraction,
+    output_price: Fraction,
+    cached_price: Fraction | None,
+    prompt: int,
+    completion: int,
+    cached_share: Fraction,
+    budget: int,
+) -> None:
+    """chat_cost and max_completion_tokens run on integers over a common denominator: the same
+    numbers as the Fraction arithmetic that defines them, for any prices and counts."""
+    price = pricing.ModelPrice(
+        name="m",
+        kind="chat",
+        context_window=8192,
+        encoding="cl100k_base",
+        input=input_price,
+        cached_input=cached_price,
+        output=output_price,
+    )
+    cached = int(prompt * cached_share)
+    assert price.chat_cost(prompt, completion, cached) == fraction_cost(
+        price, prompt, completion, cached
+    )
+    assert price.chat_cost(prompt, completion) == fraction_cost(price, prompt, completion, 0)
+    assert price.max_completion_tokens(budget, prompt) == fraction_max_completion(
+        price, budget, prompt
+    )
+
+
+@given(
+    model=st.sampled_from([m.name for m in PRICES.chat_models()]),
+    prompt=st.integers(min_value=0, max_value=2_000_000),
+    completion=st.integers(min_value=0, max_value=2_000_000),
+    cached=st.integers(min_value=0, max_value=2_000_000),
+)
+def test_shipped_prices_charge_the_exact_fraction_cost(
+    model: str, prompt: int, completion: int, cached: int
+) -> None:
+    price = PRICES.get(model)
+    cached = min(cached, prompt)
+    assert price.chat_cost(prompt, completion, cached) == fraction_cost(
+        price, prompt, completion, cached
+    )
+
+
+def test_a_chat_model_without_prices_is_refused_not_divided_by_zero() -> None:
+    bare = pricing.ModelPrice(name="bare", kind="chat", context_window=8192)
+    with pytest.raises(UnknownModel):
+        bare.chat_cost(1, 1)
+    with pytest.raises(UnknownModel):
+        bare.max_completion_tokens(1000, 1)
+    image = PRICES.get("midjourney")
+    with pytest.raises(UnknownModel):
+        image.chat_cost(1, 1)
+
+
 def test_max_completion_tokens_examples() -> None:
     # gpt-4: 10 prompt tokens are 23.1 credits; 100 credits leave 76.9 -> 18 x 4.26.
     assert PRICES.max_completion_tokens("gpt-4", 100_000, 10) == 18
