@@ -391,12 +391,15 @@ def _instrumented(wallet: Any, openai: Any, mj: Any) -> tuple[Any, Any, Any]:
     )
 
 
+try:
+    from bot.metrics import count_request as _count_request
+except ImportError:  # metrics' dependencies are not installed
+    _count_request = None
+
+
 def _count(platform: str, kind: str) -> None:
-    try:
-        from bot.metrics import count_request
-    except ImportError:
-        return
-    count_request(platform, kind)
+    if _count_request is not None:
+        _count_request(platform, kind)
 
 
 class _closing:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TOPUP_PREFIXES = ("code", "wxpay", "tgstars")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+_MAX_CHILDREN = 10_000
 
 
 class Metrics:
@@ -75,6 +76,19 @@ class Metrics:
         self.open_holds = Gauge(
             "creditbot_open_holds", "Holds not yet captured or voided", registry=r
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: labels() takes a lock and checks its arguments
+        on every call, several times per chat message; the child it returns is the same object
+        every time (no child is ever removed), so it is looked up once per label set."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= _MAX_CHILDREN:  # label values are bounded; be safe anyway
+                self._children.clear()
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -85,12 +99,12 @@ METRICS = Metrics()
 
 def count_request(platform: str, kind: str = "message", metrics: Metrics = METRICS) -> None:
     """The core calls this for every message ("message", "command", "press")."""
-    metrics.requests.labels(platform, kind).inc()
+    metrics.child(metrics.requests, platform, kind).inc()
 
 
 def count_error(kind: str, metrics: Metrics = METRICS) -> None:
     """Any error an operator should see counted (upstream kinds, "payment", "storage")."""
-    metrics.errors.labels(kind).inc()
+    metrics.child(metrics.errors, kind).inc()
 
 
 # --- the wallet ----------------------------------------------------------------------------
@@ -110,18 +124,20 @@ class InstrumentedWallet:
         entry = await self._wallet.credit(account, amount, key, reason, **kw)
         source = key.split(":", 1)[0]
         if source in TOPUP_PREFIXES:
-            self._metrics.topups.labels(source).inc()
-            self._metrics.topup_credits.labels(source).inc(amount / 1000)
+            m = self._metrics
+            m.child(m.topups, source).inc()
+            m.child(m.topup_credits, source).inc(amount / 1000)
         return entry
 
     async def capture(self, hold_id: str, amount: int, **kw: Any) -> Any:
         entry = await self._wallet.capture(hold_id, amount, **kw)
         meta = kw.get("meta") or {}
         model = str(meta.get("model") or "unknown")
-        self._metrics.credits_charged.labels(model).inc(amount / 1000)
+        m = self._metrics
+        m.child(m.credits_charged, model).inc(amount / 1000)
         for field, direction in (("prompt_tokens", "input"), ("completion_tokens", "output")):
             if meta.get(field):
-                self._metrics.tokens.labels(model, direction).inc(int(meta[field]))
+                m.child(m.tokens, model, direction).inc(int(meta[field]))
         return entry
 
 
@@ -151,13 +167,15 @@ class InstrumentedOpenAI:
             async with contextlib.aclosing(stream) as items:
                 async for item in items:
                     if first:
-                        self._metrics.upstream_latency.labels("openai", model).observe(
+                        m = self._metrics
+                        m.child(m.upstream_latency, "openai", model).observe(
                             time.monotonic() - started
                         )
                         first = False
                     yield item
         except Exception as exc:
-            self._metrics.errors.labels(getattr(exc, "kind", type(exc).__name__)).inc()
+            m = self._metrics
+            m.child(m.errors, str(getattr(exc, "kind", type(exc).__name__))).inc()
             raise
 
 
@@ -185,9 +203,11 @@ class InstrumentedMidjourney:
             try:
                 result = await func(*args, **kw)
             except Exception as exc:
-                self._metrics.errors.labels(getattr(exc, "kind", type(exc).__name__)).inc()
+                m = self._metrics
+                m.child(m.errors, str(getattr(exc, "kind", type(exc).__name__))).inc()
                 raise
-            self._metrics.upstream_latency.labels("midjourney", "midjourney").observe(
+            m = self._metrics
+            m.child(m.upstream_latency, "midjourney", "midjourney").observe(
                 time.monotonic() - started
             )
             return result
@@ -213,12 +233,12 @@ def middleware_for(metrics: Metrics = METRICS) -> Any:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            metrics.http_requests.labels(path, str(exc.status)).inc()
+            metrics.child(metrics.http_requests, path, str(exc.status)).inc()
             raise
         except Exception:
-            metrics.http_requests.labels(path, "500").inc()
+            metrics.child(metrics.http_requests, path, "500").inc()
             raise
-        metrics.http_requests.labels(path, str(response.status)).inc()
+        metrics.child(metrics.http_requests, path, str(response.status)).inc()
         return response
 
     return count

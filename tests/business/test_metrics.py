@@ -73,3 +73,20 @@ async def test_a_scrape_shows_requests_tokens_credits_topups_latency_errors_and_
     assert s[latency] == 1
     assert s[("creditbot_errors_total", (("kind", "quota"),))] == 1
     assert s[("creditbot_open_holds", ())] == 1
+
+
+def test_labelled_children_are_looked_up_once_per_label_set_and_registry() -> None:
+    """The chat path counts through remembered children: the same child every time, counting
+    into its own registry only."""
+    a, b = metrics.Metrics(), metrics.Metrics()
+    child = a.child(a.tokens, "gpt-4o", "input")
+    assert a.child(a.tokens, "gpt-4o", "input") is child
+    assert child is a.tokens.labels("gpt-4o", "input")  # what labels() gives, not a copy
+    assert a.child(a.tokens, "gpt-4o", "output") is not child
+    for _ in range(3):
+        metrics.count_request("wechat", "chat", a)
+    metrics.count_request("wechat", "chat", b)
+    text_a, text_b = (m.render().decode() for m in (a, b))
+    key = ("creditbot_requests_total", (("kind", "chat"), ("platform", "wechat")))
+    assert samples(text_a)[key] == 3
+    assert samples(text_b)[key] == 1
