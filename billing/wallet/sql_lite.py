@@ -58,7 +58,6 @@ _INS_ENTRY = (
 _INS_ENTRY_NEW = _INS_ENTRY + ' ON CONFLICT (account, "key") DO NOTHING RETURNING id'
 _INS_ENTRY_PLAIN = _INS_ENTRY + " RETURNING id"
 _ENTRY_BY_KEY = f'SELECT {_ENTRY_COLS} FROM wallet_entries WHERE account = ? AND "key" = ?'
-_ENTRY_KEY_USED = 'SELECT id FROM wallet_entries WHERE account = ? AND "key" = ?'
 _HOLD_KEY_USED = 'SELECT id FROM wallet_holds WHERE account = ? AND "key" = ?'
 _CREDIT_ACCOUNT = (
     "INSERT INTO wallet_accounts (id, total, held) VALUES (?, ?, 0) "
@@ -68,9 +67,12 @@ _DEBIT_ACCOUNT = "UPDATE wallet_accounts SET total = total - ? WHERE id = ? AND 
 _RESERVE = "UPDATE wallet_accounts SET held = held + ? WHERE id = ? AND total - held >= ?"
 _RELEASE = "UPDATE wallet_accounts SET held = held - ?, total = total - ? WHERE id = ?"
 _AVAILABLE = "SELECT total - held FROM wallet_accounts WHERE id = ?"
+# A new hold, unless its key is taken on the account (by a hold: a replay; by a ledger entry).
 _INS_HOLD = (
     'INSERT INTO wallet_holds (account, amount, "key", status, captured, created_at, expires_at) '
-    'VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT (account, "key") DO NOTHING RETURNING id'
+    "SELECT ?1, ?2, ?3, ?4, 0, ?5, ?6 WHERE NOT EXISTS "
+    '(SELECT 1 FROM wallet_entries WHERE account = ?1 AND "key" = ?3) '
+    'ON CONFLICT (account, "key") DO NOTHING RETURNING id'
 )
 # A hold with the id of its capture entry (found through the capture's derived key).
 _HOLD_SELECT = (
@@ -100,7 +102,7 @@ def _ts(value: datetime) -> str:
     """A timestamp as SQLAlchemy's UtcDateTime stores it on SQLite (naive UTC, microseconds)."""
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the wallet; use timezone-aware UTC")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _dt(text: str) -> datetime:
@@ -202,15 +204,16 @@ def hold_tx(account: str, amount: int, key: str, span: timedelta) -> Callable[..
         now = datetime.now(UTC)
         expires = now + span
         new = _row(cur, _INS_HOLD, (account, amount, key, HELD, _ts(now), _ts(expires)))
-        if new is None:  # a replay: the hold as it stands now, if it was for the same amount
-            first = _hold(_row(cur, _HOLD_BY_KEY, (CAPTURE_KEY_PREFIX, account, key)))
+        if new is None:  # the key is taken: a replay returns the hold as it stands now
+            found = _row(cur, _HOLD_BY_KEY, (CAPTURE_KEY_PREFIX, account, key))
+            if found is None:  # a ledger entry of the account uses the key
+                raise IdempotencyConflict(account, key)
+            first = _hold(found)
             if first.amount != amount:
                 raise IdempotencyConflict(account, key, first)
             return first
         if cur.execute(_RESERVE, (amount, account, amount)).rowcount != 1:
-            _insufficient(cur, account, amount)
-        if _row(cur, _ENTRY_KEY_USED, (account, key)) is not None:
-            raise IdempotencyConflict(account, key)  # rolls the new hold back
+            _insufficient(cur, account, amount)  # rolls the new hold back
         return Hold(str(new[0]), account, amount, key, HELD, now, expires)
 
     return tx

@@ -129,7 +129,6 @@ WITH ins AS (
     WHERE NOT EXISTS (
         SELECT 1 FROM {entries.name} e WHERE e.account = $1::varchar AND e.key = $3::varchar
     )
-    ON CONFLICT (account, key) DO NOTHING
     RETURNING id
 ), upd AS (
     UPDATE {accounts.name} SET held = held + $2::bigint
@@ -142,8 +141,11 @@ SELECT (SELECT id FROM ins) AS id,
 """
 """Insert the hold and reserve its amount, or change nothing.
 
-id NULL: the key is already used on the account (by a hold or a ledger entry). A refused
-reservation divides by zero, which aborts the statement and so undoes the insert.
+id NULL: a ledger entry of the account already uses the key. A hold that already uses it
+raises a unique violation (KeyTaken; a plain INSERT is cheaper than ON CONFLICT's speculative
+insertion, and a replay is the rare case). A refused reservation divides by zero, which aborts
+the statement and so undoes the insert. Every one of those changed nothing, and the caller
+takes the transactional path, which tells a replay from a conflict or a refusal.
 """
 
 

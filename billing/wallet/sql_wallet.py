@@ -73,6 +73,8 @@ T = TypeVar("T")
 
 MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
 CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
+# Live holds, spelled as a literal: the sweeper's index is partial on exactly this (0004).
+_LIVE = holds.c.status == sa.literal_column(f"'{HELD}'")
 
 _p = sa.bindparam
 _Retry = sql_lite.Retry
@@ -263,7 +265,7 @@ class SqlWallet:
         )
         self._expire_due = (
             sa.update(holds)
-            .where(holds.c.status == HELD)
+            .where(_LIVE)  # a literal, so the planner can use the live-holds partial index
             .where(holds.c.expires_at <= _p("p_now"))
             .values(status=EXPIRED, closed_at=_p("p_now"), reason="expired")
             .returning(holds.c.account, holds.c.amount)
@@ -699,7 +701,7 @@ class SqlWallet:
         return await self._read(q)
 
     async def open_holds(self) -> list[Hold]:
-        stmt = sa.select(*_HOLD_COLS).where(holds.c.status == HELD).order_by(holds.c.id)
+        stmt = sa.select(*_HOLD_COLS).where(_LIVE).order_by(holds.c.id)
 
         async def q(conn: AsyncConnection) -> Sequence[Row[Any]]:
             return (await conn.execute(stmt)).all()
