@@ -56,6 +56,7 @@ class Cell:
 
 Step = Callable[[int, int], Awaitable[None]]
 _SLICE = 0.5  # seconds; wallet and raw take turns so both see the same machine load
+_WARMUP = 1.0  # seconds per workload before measuring (see _measure)
 
 
 class _Meter:
@@ -92,8 +93,11 @@ class _Meter:
 async def _measure(workers: int, seconds: float, wallet: Step, raw: Step) -> tuple[float, float]:
     """Alternate short slices of the wallet and the raw workload; return both rates per second."""
     meters = _Meter(wallet), _Meter(raw)
-    for meter in meters:  # warm-up: fill the pools and caches
-        await meter.run(workers, min(0.3, seconds / 5), count=False)
+    # Warm-up: fill the pools and caches, and let a fresh SQLite file's WAL grow to its working
+    # size (while it grows, each commit also extends the file; the wallet writes several pages
+    # per commit, so it would pay that start-up cost several times over in the first second).
+    for meter in meters:
+        await meter.run(workers, min(_WARMUP, seconds / 3), count=False)
     slices = max(1, round(seconds / _SLICE))
     for _ in range(slices):
         for meter in meters:
