@@ -156,7 +156,14 @@ class ChatFlow:
             if out.parts or out.cut is not None:  # saved as the lease is freed, in one trip
                 save.append(
                     s.conversations.saving(
-                        req.account, req.platform, req.chat_id, req.text, out.text, history
+                        req.account,
+                        req.platform,
+                        req.chat_id,
+                        req.text,
+                        out.text,
+                        history,
+                        price=price,
+                        prompt=out.prompt or prompt,
                     )
                 )
         finally:

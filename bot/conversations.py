@@ -4,11 +4,17 @@ A conversation belongs to one account in one chat. Before each request it is tri
 tokens, oldest messages first, to the model's context window minus room for the reply, so a
 long chat keeps working on gpt-4's 8K window. Counting uses billing.tokens, the same rule the
 charge uses, so the prompt we hold for is the prompt we send.
+
+Stored form: a JSON list of messages, each with its token count cached under "n". Written as
+one message per line ("[\n" + ",\n".join(messages) + "\n]": JSON never puts a raw newline
+inside a value), so adding an exchange reuses the stored text of the messages kept instead of
+encoding the whole history again. Any JSON list reads the same (older histories included).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from billing.pricing import ModelPrice
@@ -37,6 +43,24 @@ class Prompt:
     messages: Chat
     tokens: int
     history_used: int
+    text_tokens: int | None = None  # the new message's own share of `tokens`
+    rule: str = ""  # the tokenizer rule it was counted by (see message_tokens)
+
+
+class History(list):  # type: ignore[type-arg]
+    """A stored history as read: its messages, and the stored text they came from.
+
+    `lines` are the stored messages' own JSON texts, one per message, when the stored form
+    allows (one message per line, nothing dropped as unreadable); `changed` is set once a
+    message gained a token count, which the stored text of it lacks.
+    """
+
+    __slots__ = ("changed", "lines")
+
+    def __init__(self, messages: Iterable[dict] = (), lines: list[str] | None = None) -> None:
+        super().__init__(messages)
+        self.lines = lines
+        self.changed = False
 
 
 def _rule(price: ModelPrice) -> str:
@@ -61,9 +85,14 @@ def message_tokens(price: ModelPrice, message: dict[str, object], rule: str = ""
     return value
 
 
+_WIRE_FIELDS = ("role", "content", "name")
+
+
 def _wire(message: dict[str, object]) -> dict[str, str]:
     """The message as sent upstream: only the fields OpenAI knows."""
-    return {k: v for k, v in message.items() if k in ("role", "content", "name")}  # type: ignore[misc]
+    if "name" not in message and "role" in message and "content" in message:
+        return {"role": message["role"], "content": message["content"]}  # type: ignore[dict-item]
+    return {k: v for k, v in message.items() if k in _WIRE_FIELDS}  # type: ignore[misc]
 
 
 _system_cache: dict[tuple[str, str], int] = {}
@@ -91,30 +120,62 @@ def fit(
         if len(_system_cache) > 64:
             _system_cache.clear()
         _system_cache[key] = count_messages(price, head)
-    tokens = _system_cache[key] + count_messages(price, tail) - 3
+    text_tokens = count_messages(price, tail) - 3
+    tokens = _system_cache[key] + text_tokens
     if tokens > limit:
         raise TooLong(tokens, limit)
     kept: Chat = []
     candidates = history if max_history is None else history[len(history) - max_history :]
     for message in reversed(candidates):
-        cost = message_tokens(price, message, rule)
+        cache = message.get("n")
+        cost = cache.get(rule) if type(cache) is dict else None
+        if type(cost) is not int:  # not counted by this rule yet: count it once, keep it
+            cost = message_tokens(price, message, rule)
+            if isinstance(history, History):
+                history.changed = True
         if tokens + cost > limit:
             break
         tokens += cost
         kept.append(_wire(message))
     kept.reverse()
-    return Prompt(head + kept + tail, tokens, len(kept))
+    return Prompt(head + kept + tail, tokens, len(kept), text_tokens, rule)
 
 
-def parse_history(raw: str | None) -> list[dict]:
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def parse_history(raw: str | None) -> History:
     """A stored history; anything unreadable reads as an empty one."""
     if not raw:
-        return []
+        return History()
     try:
         data = json.loads(raw)
     except ValueError:
-        return []
-    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        return History()
+    if not isinstance(data, list):
+        return History()
+    messages = [m for m in data if isinstance(m, dict)]
+    lines = None
+    if raw.startswith("[\n") and raw.endswith("\n]") and len(messages) == len(data):
+        lines = raw[2:-2].split(",\n")
+        if len(lines) != len(messages):
+            lines = None
+    return History(messages, lines)
+
+
+def _stored(history: list[dict], keep: int, new: list[dict]) -> str:
+    """The stored text of the last `keep` messages of `history` + `new`, one message per line.
+
+    The kept messages' own lines are reused when `history` is a History read unchanged from
+    such a text; otherwise each is encoded again.
+    """
+    kept = history[-keep:] if keep > 0 else []
+    lines = history.lines if isinstance(history, History) and not history.changed else None
+    if lines is not None and len(lines) == len(history):
+        old = lines[len(lines) - len(kept) :] if kept else []
+    else:
+        old = [_encode(m) for m in kept]
+    return "[\n" + ",\n".join([*old, *map(_encode, new)]) + "\n]"
 
 
 class Conversations:
@@ -174,15 +235,29 @@ class Conversations:
         user_text: str,
         reply: str,
         history: list[dict],
+        *,
+        price: ModelPrice | None = None,
+        prompt: Prompt | None = None,
     ) -> Op:
-        """The store write that adds one exchange to `history` (see `append`), for a batch."""
-        history = [*history, {"role": "user", "content": user_text}]
-        history.append({"role": "assistant", "content": reply})
-        history = history[-MAX_STORED_MESSAGES:]
+        """The store write that adds one exchange to `history` (see `append`), for a batch.
+
+        With the `price` the exchange was counted by, both new messages are stored with their
+        token counts (the user's from `prompt`, which counted it), so the next request finds
+        every message counted and the next save reuses every kept message's stored text.
+        """
+        user: dict = {"role": "user", "content": user_text}
+        assistant: dict = {"role": "assistant", "content": reply}
+        if price is not None:
+            rule = _rule(price)
+            if prompt is not None and prompt.rule == rule and prompt.text_tokens is not None:
+                user["n"] = {rule: prompt.text_tokens}
+            else:
+                message_tokens(price, user, rule)
+            message_tokens(price, assistant, rule)
         return (
             "set",
             self._key(account, platform, chat_id),
-            json.dumps(history, ensure_ascii=False),
+            _stored(history, MAX_STORED_MESSAGES - 2, [user, assistant]),
             CONVERSATION_TTL_SECONDS,
         )
 
