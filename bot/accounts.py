@@ -46,6 +46,16 @@ def identity(platform: str, user_id: str) -> str:
     return f"{platform}:{user_id}"
 
 
+def ident_key(ident: str) -> str:
+    """The store key of an identity's link: absent until /link points it at another account."""
+    return f"ident:{ident}"
+
+
+def account_for(ident: str, linked: str | None) -> str:
+    """The account an identity pays from, given the value of its `ident_key` (read in a batch)."""
+    return linked or ident
+
+
 class LinkError(Exception):
     """`/link CODE` refused; `kind` is "invalid", "same" or "busy"."""
 
@@ -64,7 +74,7 @@ class Accounts:
     async def resolve(self, platform: str, user_id: str) -> str:
         """The wallet account that pays for this platform user."""
         ident = identity(platform, user_id)
-        return await self.store.get(f"ident:{ident}") or ident
+        return account_for(ident, await self.store.get(ident_key(ident)))
 
     async def resolve_name(self, name: str) -> str:
         """An admin's USER argument: "platform:user_id" (following links) or an account id."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from billing.money import format_credits, format_decimal
 from billing.pricing import ModelPrice, UnknownModel
 from billing.tokens import count_text
 from billing.wallet.base import HELD, Hold, HoldNotActive, IdempotencyConflict, InsufficientCredits
+from bot.accounts import account_for, ident_key, identity
 from bot.context import Request, Services
 from bot.conversations import Prompt, TooLong, fit, parse_history
 from bot.events import Event, FinalText, Notice, TextDelta
@@ -37,13 +39,15 @@ from bot.providers.errors import (
     UpstreamError,
 )
 from bot.providers.openai import Usage
-from bot.store.base import Op
+from bot.store.base import Op, batch
 
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1024)
 def price_text(value: Any) -> str:
-    """A unit price (credits per 1K tokens) as an exact decimal for the ledger."""
+    """A unit price (credits per 1K tokens) as an exact decimal for the ledger (remembered:
+    every capture records its model's prices)."""
     try:
         return format_decimal(value)
     except ValueError:
@@ -83,19 +87,70 @@ def price_of(services: Services, chosen: str | None) -> tuple[str, ModelPrice]:
         return name, services.prices.get(name)
 
 
+@dataclass(slots=True)
+class Opening:
+    """What a chat message's first store round trip found (see ChatFlow.open)."""
+
+    account: str  # the account that pays
+    lease: Lease | None  # its in-flight slot; None: another request holds every slot
+    chosen: str | None  # its chosen model
+    raw: str | None  # this chat's stored history
+
+    async def close(self) -> None:
+        """Free the lease if no flow took it over (a flow frees it itself when it ends)."""
+        if self.lease is not None:
+            await self.lease.release()
+
+
 class ChatFlow:
     """One chat request, from the user's text to a settled hold."""
 
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def run(self, req: Request) -> AsyncIterator[Event]:
-        # One round trip takes the lease and reads the model and the history; one more saves
-        # the history and frees the lease (see Lease.release).
-        conv = self.s.conversations
-        lease, (chosen, raw) = await self.s.limiter.acquire_and_read(
-            req.account, conv.keys(req.account, req.platform, req.chat_id)
+    async def open(self, platform: str, user_id: str, chat_id: str, dedupe: Op) -> Opening | None:
+        """A chat message's first round trip: `dedupe` (an `add` of the message's mark), the
+        identity's link, and, betting that the identity pays from its own account (as every
+        identity does until /link), that account's lease, chosen model and history.
+
+        None when the mark was there already (a redelivery; a lease taken is freed). A linked
+        identity loses the bet: the lease is freed and the linked account's taken and read in
+        one more round trip. The Opening's lease must reach `run` or `close()`.
+        """
+        s = self.s
+        ident = identity(platform, user_id)
+        claim, lease = s.limiter.claim(ident)
+        keys = [ident_key(ident), *s.conversations.keys(ident, platform, chat_id)]
+        fresh, won, (linked, chosen, raw) = await batch(
+            s.store, [dedupe, claim, ("get_many", keys)]
         )
+        if not fresh:  # a redelivery: answered already, or being answered
+            if won:
+                await lease.release()
+            return None
+        account = account_for(ident, linked)
+        if account == ident:
+            taken = lease if won else await s.limiter.acquire_more(account)
+            return Opening(account, taken, chosen, raw)
+        # Linked: free the slot taken on the identity's own account as the right one is taken.
+        undo = [lease.releasing()] if won else []
+        taken, (chosen, raw) = await s.limiter.acquire_and_read(
+            account, s.conversations.keys(account, platform, chat_id), first=undo
+        )
+        return Opening(account, taken, chosen, raw)
+
+    async def run(self, req: Request, opening: Opening | None = None) -> AsyncIterator[Event]:
+        """Answer `req`; `opening`: its first round trip made already (see `open`), whose lease
+        this flow takes over."""
+        # One round trip takes the lease and reads the model and the history (`open`); one
+        # more saves the history and frees the lease (see Lease.release).
+        if opening is None:
+            conv = self.s.conversations
+            lease, (chosen, raw) = await self.s.limiter.acquire_and_read(
+                req.account, conv.keys(req.account, req.platform, req.chat_id)
+            )
+        else:
+            lease, chosen, raw = opening.lease, opening.chosen, opening.raw
         if lease is None:
             yield Notice(t("wait", req.lang), kind="wait")
             return

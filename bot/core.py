@@ -18,8 +18,8 @@ from typing import Any
 from billing.pricing import PriceList
 from billing.wallet import open_wallet
 from billing.wallet.base import CREDIT, DEBIT, Entry, IdempotencyConflict, Wallet
-from bot.accounts import Accounts, remember_name
-from bot.chat import ChatFlow
+from bot.accounts import Accounts, account_for, ident_key, identity, remember_name
+from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
 from bot.conversations import Conversations
@@ -29,7 +29,7 @@ from bot.imagine import ImageFlow
 from bot.limits import InflightLimiter
 from bot.settings import Settings
 from bot.store import open_store
-from bot.store.base import Store
+from bot.store.base import Op, Store, batch
 from bot.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -160,38 +160,62 @@ class Core:
     async def handle(
         self, msg: Message, *, stop: asyncio.Event | None = None
     ) -> AsyncIterator[Event]:
-        """Answer one message. A redelivered message id yields nothing and charges nothing."""
-        if not await self.kv.add(
-            f"seen:{msg.platform}:{msg.message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
-        ):
-            log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
-            return
-        lang = language_of(msg.language, self.settings.default_language)
-        await self._remember_name(msg)
-        account = await self.services.accounts.resolve(msg.platform, msg.user_id)
-        req = Request(
-            platform=msg.platform,
-            user_id=msg.user_id,
-            chat_id=msg.chat_id,
-            message_id=msg.message_id,
-            text=msg.text.strip(),
-            lang=lang,
-            account=account,
-            stop=stop,
-            shows_partial=getattr(msg, "shows_partial", True),
+        """Answer one message. A redelivered message id yields nothing and charges nothing.
+
+        The message's dedupe mark goes in the same store round trip as the read of who pays;
+        for a chat message, also as the in-flight lease and the reads of the model and the
+        history (ChatFlow.open).
+        """
+        text = msg.text.strip()
+        seen: Op = (
+            "add",
+            f"seen:{msg.platform}:{msg.message_id}",
+            "1",
+            self.settings.dedupe_ttl_seconds,
         )
-        if not req.text:
-            yield Notice(t("empty_message", lang))
-            return
-        if parse_command(req.text) is not None:
-            _count(msg.platform, "command")
-            flow = self.commands.dispatch(req)
+        opening: Opening | None = None
+        if text and parse_command(text) is None:
+            opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
+            if opening is None:
+                log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
+                return
+            account = opening.account
         else:
-            _count(msg.platform, "chat")
-            flow = self.chat.run(req)
-        async with _closing(flow) as events:
-            async for event in events:
-                yield event
+            ident = identity(msg.platform, msg.user_id)
+            fresh, linked = await batch(self.kv, [seen, ("get", ident_key(ident))])
+            if not fresh:
+                log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
+                return
+            account = account_for(ident, linked)
+        try:
+            lang = language_of(msg.language, self.settings.default_language)
+            await self._remember_name(msg)
+            req = Request(
+                platform=msg.platform,
+                user_id=msg.user_id,
+                chat_id=msg.chat_id,
+                message_id=msg.message_id,
+                text=text,
+                lang=lang,
+                account=account,
+                stop=stop,
+                shows_partial=getattr(msg, "shows_partial", True),
+            )
+            if not req.text:
+                yield Notice(t("empty_message", lang))
+                return
+            if opening is None:
+                _count(msg.platform, "command")
+                flow = self.commands.dispatch(req)
+            else:
+                _count(msg.platform, "chat")
+                flow = self.chat.run(req, opening)
+            async with _closing(flow) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if opening is not None:  # the lease, should the flow never have started
+                await opening.close()
 
     async def _remember_name(self, msg: Message) -> None:
         """Record the sender's display name for `creditbot admin find` (once per change)."""

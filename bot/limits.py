@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 
 from bot.store.base import Op, Store, batch
 
@@ -32,6 +33,12 @@ class Lease:
             self._renewed = now
             await self._store.set(self._key, self._token, ttl=self._ttl)
 
+    def releasing(self) -> Op:
+        """The store op that frees the slot, for a batch of the caller's (the lease counts as
+        released from now on)."""
+        self.released = True
+        return ("delete", self._key)
+
     async def release(self, *first: Op) -> None:
         """Free the slot. A lease is renewed while its request runs, so the key is still ours
         (deleting without reading first saves a round trip on every message).
@@ -55,20 +62,34 @@ class InflightLimiter:
         self.limit = max(1, limit)
         self.ttl = ttl
 
-    async def acquire_and_read(
-        self, account: str, keys: list[str]
-    ) -> tuple[Lease | None, list[str | None]]:
-        """`acquire`, and the values of `keys` read in the same round trip (read either way)."""
+    def claim(self, account: str) -> tuple[Op, Lease]:
+        """The store op that takes the account's first slot, and the lease it gives if it
+        succeeds, for a batch of the caller's (`acquire_more` tries the other slots)."""
         token = secrets.token_hex(8)
         key = f"inflight:{account}:0"
-        won, values = await batch(self.store, [("add", key, token, self.ttl), ("get_many", keys)])
-        if won:
-            return Lease(self.store, key, token, self.ttl), values
+        return ("add", key, token, self.ttl), Lease(self.store, key, token, self.ttl)
+
+    async def acquire_more(self, account: str) -> Lease | None:
+        """A lease on any slot but the first (taken by someone else): None when all are taken."""
+        token = secrets.token_hex(8)
         for slot in range(1, self.limit):
             key = f"inflight:{account}:{slot}"
             if await self.store.add(key, token, ttl=self.ttl):
-                return Lease(self.store, key, token, self.ttl), values
-        return None, values
+                return Lease(self.store, key, token, self.ttl)
+        return None
+
+    async def acquire_and_read(
+        self, account: str, keys: list[str], *, first: Sequence[Op] = ()
+    ) -> tuple[Lease | None, list[str | None]]:
+        """`acquire`, and the values of `keys` read in the same round trip (read either way).
+
+        `first`: store writes of the caller's to make in the same round trip, before.
+        """
+        claim, lease = self.claim(account)
+        *_, won, values = await batch(self.store, [*first, claim, ("get_many", keys)])
+        if won:
+            return lease, values
+        return await self.acquire_more(account), values
 
     async def acquire(self, account: str) -> Lease | None:
         """A lease, or None when the account already has `limit` requests in flight."""
