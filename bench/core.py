@@ -358,6 +358,7 @@ async def run_backend(
         )
     else:
         core = await Core.create(settings, openai=upstream)
+    await core.start()  # as the bot does before it serves (tokenizers loaded, heap frozen)
     try:
         await _fund(core, [f"bench:u{u}" for u in range(users)])
         run_id = time.time_ns()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.pricing import PriceList
+from billing.tokens import get_encoding
 from billing.wallet import open_wallet
 from billing.wallet.base import CREDIT, DEBIT, Entry, IdempotencyConflict, Wallet
 from bot.accounts import Accounts, account_for, ident_key, identity, remember_name
@@ -27,6 +28,7 @@ from bot.events import Delivery, Event, Message, Notice
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
 from bot.limits import InflightLimiter
+from bot.runtime import freeze_startup_heap
 from bot.settings import Settings
 from bot.store import open_store
 from bot.store.base import Op, Store, batch
@@ -133,7 +135,9 @@ class Core:
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the sweeper and resume every unsettled Midjourney task."""
+        """Start the sweeper and resume every unsettled Midjourney task; load the tokenizers
+        of the priced models now rather than on a user's first message, then take what
+        start-up made out of the garbage collector's reach (runtime.freeze_startup_heap)."""
         if self._started:
             return
         self._started = True
@@ -141,6 +145,10 @@ class Core:
         if resumed:
             log.info("resumed %d Midjourney task(s)", resumed)
         self.sweeper.start()
+        encodings = sorted({m.encoding for m in self.prices.chat_models() if m.encoding})
+        for name in encodings:
+            await asyncio.to_thread(get_encoding, name)
+        freeze_startup_heap()
 
     async def close(self) -> None:
         """Stop background work and close what create() opened (unsettled tasks stay open)."""
