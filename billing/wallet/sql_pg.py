@@ -123,36 +123,33 @@ def capture_statement(capture_prefix: str) -> sa.Select[tuple[str, str, int]]:
 # finds out why and answers exactly as before.
 
 FAST_HOLD = f"""
-WITH ins AS (
-    INSERT INTO {holds.name} (account, amount, key, status, captured, created_at, expires_at)
-    SELECT $1::varchar, $2::bigint, $3::varchar, '{HELD}', 0, $4::timestamptz, $5::timestamptz
-    WHERE NOT EXISTS (
-        SELECT 1 FROM {entries.name} e WHERE e.account = $1::varchar AND e.key = $3::varchar
-    )
-    RETURNING id
-), upd AS (
+WITH upd AS (
     UPDATE {accounts.name} SET held = held + $2::bigint
-    WHERE id = $1::varchar AND total - held >= $2::bigint AND EXISTS (SELECT 1 FROM ins)
+    WHERE id = $1::varchar AND total - held >= $2::bigint
+      AND NOT EXISTS (
+          SELECT 1 FROM {entries.name} e WHERE e.account = $1::varchar AND e.key = $3::varchar
+      )
     RETURNING id
 )
-SELECT (SELECT id FROM ins) AS id,
-       1 / (CASE WHEN EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)
-                 THEN 0 ELSE 1 END) AS guard
+INSERT INTO {holds.name} (account, amount, key, status, captured, created_at, expires_at)
+SELECT upd.id, $2::bigint, $3::varchar, '{HELD}', 0, $4::timestamptz, $5::timestamptz FROM upd
+RETURNING id
 """
-"""Insert the hold and reserve its amount, or change nothing.
+"""Reserve the amount and insert the hold, or change nothing.
 
-id NULL: a ledger entry of the account already uses the key. A hold that already uses it
-raises a unique violation (KeyTaken; a plain INSERT is cheaper than ON CONFLICT's speculative
-insertion, and a replay is the rare case). A refused reservation divides by zero, which aborts
-the statement and so undoes the insert. Every one of those changed nothing, and the caller
-takes the transactional path, which tells a replay from a conflict or a refusal.
+No row: the reservation was refused (available credit does not cover it, or no such
+account) or a ledger entry of the account already uses the key. A hold that already uses the
+key raises a unique violation (KeyTaken), which aborts the statement and so undoes the
+reservation. Every one of those changed nothing, and the caller takes the transactional path,
+which tells a replay from a conflict or a refusal. (A plain INSERT is cheaper than ON
+CONFLICT's speculative insertion; a replay is the rare case.)
 """
 
 
 def fast_capture(capture_prefix: str) -> str:
     """Close a live, unexpired, large-enough hold, move the money, write the ledger line.
 
-    One row (account, hold key, entry id) on success; no row when the hold could not be
+    One row (entry id, account, ledger key) on success; no row when the hold could not be
     captured; a unique violation when the account's ledger already uses the capture's key.
     """
     prefix = capture_prefix.replace("'", "''")
@@ -166,15 +163,12 @@ WITH h AS (
 ), moved AS (
     UPDATE {accounts.name} a SET held = a.held - h.amount, total = a.total - $2::bigint
     FROM h WHERE a.id = h.account
-    RETURNING a.id
-), line AS (
-    INSERT INTO {entries.name} (account, kind, amount, key, reason, ref, meta, created_at)
-    SELECT h.account, '{CAPTURE}', -$2::bigint, '{prefix}' || h.key, $4::text, $5::varchar,
-           $6::json, $3::timestamptz
-    FROM h
-    RETURNING id
 )
-SELECT h.account, h.key, line.id, (SELECT id FROM moved) AS moved FROM h, line
+INSERT INTO {entries.name} (account, kind, amount, key, reason, ref, meta, created_at)
+SELECT h.account, '{CAPTURE}', -$2::bigint, '{prefix}' || h.key, $4::text, $5::varchar,
+       $6::json, $3::timestamptz
+FROM h
+RETURNING id, account, key
 """
 
 

@@ -398,7 +398,7 @@ class SqlWallet:
                 row = await self._fast.fetchrow(  # type: ignore[union-attr]
                     sql_pg.FAST_HOLD, account, amount, key, now, now + span
                 )
-                if row is not sql_pg.FALLBACK and row is not None and row["id"] is not None:
+                if row is not sql_pg.FALLBACK and row is not None:
                     return Hold(str(row["id"]), account, amount, key, HELD, now, now + span)
 
         def tx(conn: Connection) -> Hold:
@@ -492,7 +492,7 @@ class SqlWallet:
                     account=got["account"],
                     kind=CAPTURE,
                     amount=-amount,
-                    key=CAPTURE_KEY_PREFIX + got["key"],
+                    key=got["key"],
                     reason=reason or "capture",
                     created_at=now,
                     ref=str(hid),
