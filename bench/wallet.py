@@ -226,7 +226,8 @@ async def _bench_backend(
                 path, _, query = url.split(":///", 1)[1].partition("?synchronous=")
                 raw_step = _raw_sqlite(path, query or "FULL", c)
             elif backend == "postgres":
-                size = wallet._fast.size  # type: ignore[attr-defined]  # its fast-path connections
+                engine: Any = wallet.engine  # type: ignore[attr-defined]
+                size = engine.pool.size() + engine.pool._max_overflow  # the wallet's pool
                 dsn = url.replace("postgresql+asyncpg://", "postgresql://")
                 raw_step = _raw_postgres(dsn, size, c)
             else:

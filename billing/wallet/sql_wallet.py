@@ -156,11 +156,16 @@ class SqlWallet:
         self._sqlite_writer = SqliteWriter(*sqlite_path) if sqlite_path is not None else None
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._build_statements()
-        # PostgreSQL: the one-statement fast path's own connections, as many as the pool's.
+        # PostgreSQL: the fast path's own connections, half the pool's size (4 by default).
+        # Few is better: calls that find them all busy go together as one statement.
         self._fast = (
             None
             if self._sqlite
-            else sql_pg.FastLane(engine, engine.pool.size() + engine.pool._max_overflow)  # type: ignore[attr-defined]
+            else sql_pg.FastLane(
+                engine,
+                max(2, engine.pool.size() // 2),  # type: ignore[attr-defined]
+                CAPTURE_KEY_PREFIX,
+            )
         )
 
     @classmethod
@@ -395,9 +400,7 @@ class SqlWallet:
         if self._pg_hold is not None:  # one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             with contextlib.suppress(sql_pg.KeyTaken):
-                row = await self._fast.fetchrow(  # type: ignore[union-attr]
-                    sql_pg.FAST_HOLD, account, amount, key, now, now + span
-                )
+                row = await self._fast.hold(account, amount, key, now, now + span)  # type: ignore[union-attr]
                 if row is not sql_pg.FALLBACK and row is not None:
                     return Hold(str(row["id"]), account, amount, key, HELD, now, now + span)
 
@@ -474,14 +477,8 @@ class SqlWallet:
         if self._pg_capture is not None:  # one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             try:
-                got = await self._fast.fetchrow(  # type: ignore[union-attr]
-                    self._fast_capture,
-                    hid,
-                    amount,
-                    now,
-                    reason or "capture",
-                    str(hid),
-                    json.dumps(meta) if meta else None,
+                got = await self._fast.capture(  # type: ignore[union-attr]
+                    hid, amount, now, reason or "capture", json.dumps(meta) if meta else None
                 )
             except sql_pg.KeyTaken as exc:
                 h = await self.get_hold(hold_id)

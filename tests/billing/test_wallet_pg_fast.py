@@ -1,9 +1,11 @@
 """PostgreSQL's fast path: holds and captures on the wallet's own asyncpg connections.
 
 A hold or capture that simply succeeds is one autocommit statement on a connection of the
-wallet's `FastLane`; anything else falls back to the transactional path. These tests give that
-lane a bad day: connections killed by the server, more callers than connections, a caller
-cancelled mid-statement. Each time the money must come out exactly as the rules say.
+wallet's `FastLane` (several queued callers' calls go as one statement); anything else falls
+back to the transactional path. These tests give that lane a bad day: connections killed by
+the server, more callers than connections, batches mixing refusals, replays, expired holds and
+taken keys, a caller cancelled mid-statement. Each time the money must come out exactly as the
+rules say.
 """
 
 from __future__ import annotations
@@ -154,8 +156,95 @@ async def test_a_closed_lane_answers_fallback(wallet: SqlWallet) -> None:
     lane = wallet._fast
     assert lane is not None
     await lane.close()
-    assert await lane.fetchrow("SELECT 1") is FALLBACK
+    assert await lane.hold("a", 1, "k", None, None) is FALLBACK
     await wallet.credit("a", 5_000, "fund", "test")
     h = await wallet.hold("a", 1_000, uuid.uuid4().hex, 60)  # the transactional path serves
     await wallet.capture(h.id, 1_000)
     assert (await wallet.balance("a")).total == 4_000
+
+
+async def test_batches_sort_out_refusals_replays_and_conflicts(wallet: SqlWallet) -> None:
+    """Many callers at once on a few shared accounts: batches form, and every call ends as
+    it would alone — refused when the account cannot cover it, a replay answered with the
+    first hold, a key a ledger entry uses refused, an expired hold never captured."""
+    lane = wallet._fast
+    assert lane is not None
+    lane.size = 2  # few connections, so calls queue and go in batches
+    for a in ("rich", "poor", "mid"):
+        await wallet.credit(a, {"rich": 10**9, "poor": 2_500, "mid": 60_000}[a], "fund", "t")
+    await wallet.credit("mid", 1, "taken-key", "t")  # a ledger key a hold may not reuse
+    first = await wallet.hold("rich", 1_000, "replayed", 60)
+    stale = await wallet.hold("mid", 1_000, "stale", 0.05)
+    await asyncio.sleep(0.1)  # the stale hold expires
+
+    async def attempt(coro):
+        try:
+            return await coro
+        except Exception as exc:
+            return exc
+
+    calls = []
+    for i in range(40):
+        calls.append(wallet.hold("rich", 1_000, f"r{i}", 60))
+        calls.append(wallet.hold("poor", 1_000, f"p{i}", 60))
+        calls.append(wallet.hold("mid", 1_000, f"m{i}", 60))
+    calls.append(wallet.hold("rich", 1_000, "replayed", 60))
+    calls.append(wallet.hold("mid", 1_000, "taken-key", 60))
+    calls.append(wallet.capture(stale.id, 500))
+    out = await asyncio.gather(*(attempt(c) for c in calls))
+    assert lane.batches > 0
+    rich = [o for o in out[0:120:3]]
+    poor = [o for o in out[1:120:3]]
+    mid = [o for o in out[2:120:3]]
+    assert all(getattr(o, "status", None) == HELD for o in rich)
+    assert sum(1 for o in poor if getattr(o, "status", None) == HELD) == 2  # 2,500 covers 2
+    assert all(isinstance(o, InsufficientCredits) for o in poor if not hasattr(o, "status"))
+    assert all(getattr(o, "status", None) == HELD for o in mid)
+    assert out[120].id == first.id  # the replay
+    assert type(out[121]).__name__ == "IdempotencyConflict"
+    assert type(out[122]).__name__ == "HoldNotActive"  # expired: never captured
+    # Capture everything held, many at once (batches of captures, several per account).
+    held = [o for o in out[:120] if getattr(o, "status", None) == HELD] + [first]
+    entries = await asyncio.gather(*(wallet.capture(h.id, 700) for h in held))
+    assert len({e.id for e in entries}) == len(held)
+    again = await asyncio.gather(*(wallet.capture(h.id, 700) for h in held))  # replays
+    assert [e.id for e in again] == [e.id for e in entries]
+    for a, n, fund in (("rich", 41, 10**9), ("poor", 2, 2_500), ("mid", 40, 60_001)):
+        bal = await wallet.balance(a)
+        assert bal.total == fund - 700 * n, a
+        await _consistent(wallet, a)
+    assert (await wallet.balance("mid")).held == 0
+    assert (await wallet.balance("rich")).held == 0
+
+
+async def test_a_batch_on_a_dropped_connection_falls_back(
+    wallet: SqlWallet, postgres_url: str
+) -> None:
+    """Every lane connection killed while calls queue: each call still lands exactly once."""
+    lane = wallet._fast
+    assert lane is not None
+    lane.size = 2
+    accounts = [f"d{i}" for i in range(20)]
+    for a in accounts:
+        await wallet.credit(a, 100_000, "fund", "t")
+    for a in accounts[:2]:
+        await wallet.hold(a, 1, f"warm-{a}", 60)  # open the connections
+    pids = await _fast_backends(postgres_url, wallet)
+    admin = await asyncpg.connect(_dsn(postgres_url))
+
+    async def spend(a: str, i: int) -> None:
+        h = await wallet.hold(a, 1_000, f"k{i}", 60)
+        await wallet.capture(h.id, 400)
+
+    try:
+        work = asyncio.gather(*(spend(a, i) for a in accounts for i in range(5)))
+        await asyncio.sleep(0)
+        for pid in pids:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        await work
+    finally:
+        await admin.close()
+    for a in accounts:
+        bal = await wallet.balance(a)
+        assert bal.total == 100_000 - 5 * 400
+        await _consistent(wallet, a)
