@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from billing.wallet.sql_engine import BUSY_TIMEOUT_MS
 
@@ -65,7 +66,31 @@ class SqliteWriter:
     event-loop turns per write.
     """
 
+    _registry: ClassVar[dict[tuple[str, str], SqliteWriter]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def shared(cls, path: str, synchronous: str, *, name: str = "sqlite-writer") -> SqliteWriter:
+        """The process's one writer for this file, shared by whoever writes to it.
+
+        The wallet and the bot's store live in the same file by default. Two writers would
+        take turns at SQLite's write lock (a loser sleeps in the busy handler, milliseconds at
+        a time) and flush the disk separately; one writer commits both together. Each user
+        calls close() once; the last one really closes it.
+        """
+        key = (os.path.realpath(path), synchronous)
+        with cls._registry_lock:
+            writer = cls._registry.get(key)
+            if writer is None or writer._closed:
+                writer = cls(path, synchronous, name=name)
+                writer._shared_key = key
+                cls._registry[key] = writer
+            writer._users += 1
+            return writer
+
     def __init__(self, path: str, synchronous: str, *, name: str = "wallet-writer") -> None:
+        self._shared_key: tuple[str, str] | None = None
+        self._users = 0
         self._path = path
         self._sync = synchronous
         self._current_sync = ""
@@ -239,9 +264,17 @@ class SqliteWriter:
             self._conn = None
 
     async def close(self) -> None:
-        """Finish what is queued, close the connection, stop the thread."""
+        """Finish what is queued, close the connection, stop the thread (a shared writer:
+        once its last user closes it)."""
         if self._closed:
             return
+        if self._shared_key is not None:
+            with self._registry_lock:
+                self._users -= 1
+                if self._users > 0:
+                    return
+                if self._registry.get(self._shared_key) is self:
+                    del self._registry[self._shared_key]
         self._closed = True
         if self._thread is None:
             return

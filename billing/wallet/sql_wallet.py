@@ -153,7 +153,11 @@ class SqlWallet:
         self._engine = engine
         self._writer = writer(engine)
         self._sqlite = is_sqlite(engine)
-        self._sqlite_writer = SqliteWriter(*sqlite_path) if sqlite_path is not None else None
+        self._sqlite_writer = (
+            SqliteWriter.shared(*sqlite_path, name="sqlite-writer")
+            if sqlite_path is not None
+            else None
+        )
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._build_statements()
         # PostgreSQL: the fast path's own connections, half the pool's size (4 by default).

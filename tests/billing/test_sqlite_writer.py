@@ -112,3 +112,22 @@ def test_answers_reach_each_callers_own_loop(tmp_path: Path) -> None:
     assert out == {"a": list(range(100)), "b": list(range(100))}
     asyncio.run(w.close())
     assert len(_rows(tmp_path / "l.db")) == 200
+
+
+async def test_one_writer_per_file_shared_until_the_last_user_closes(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    a = SqliteWriter.shared(path, "FULL", name="shared-writer")
+    b = SqliteWriter.shared(str(tmp_path / "." / "s.db"), "FULL")  # the same file
+    other = SqliteWriter.shared(str(tmp_path / "o.db"), "FULL")
+    assert a is b and other is not a
+    await a.run(lambda cur: cur.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INT)"))
+    await a.close()  # b still uses it
+    assert await b.run(_insert("x", 1)) == 1
+    await b.close()  # the last user: really closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await b.run(_insert("y", 2))
+    c = SqliteWriter.shared(path, "FULL")  # a new one for a new user
+    assert c is not a
+    assert await c.run(lambda cur: cur.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+    await c.close()
+    await other.close()
