@@ -16,8 +16,9 @@ Each backend runs three phases:
   (Little's law: C / throughput), so they are printed for reference, not judged;
 - open loop: messages arrive on a fixed schedule at R per second (default: the backend's
   target) for S seconds, spread over K users (each user has one message in flight at most, as
-  the per-user limit requires: a user's next message waits for the reply to the previous one).
-  Latency runs from each message's scheduled arrival to its FinalText, so a stall delays every
+  the per-user limit requires: a user's next message waits until the previous one is done).
+  Latency runs from each message's scheduled arrival to its FinalText (the reply reaching the
+  adapter; the history is saved and the lease freed just after), so a stall delays every
   message due meanwhile and is counted in full (no coordinated omission). The rate is
   sustained if the messages were answered at >= 97% of R.
 
@@ -363,23 +364,25 @@ async def run_backend(
         await _fund(core, [f"bench:u{u}" for u in range(users)])
         run_id = time.time_ns()
 
-        async def one(user: str, n: int) -> float:
-            """One message through the core; returns the upstream's own time in it (seconds)."""
+        async def one(user: str, n: int) -> tuple[float, float]:
+            """One message through the core, to the end of handle() (the lease freed): the
+            upstream's own time in it, and when the reply (FinalText) reached the adapter."""
             msg = Message("bench", user, user, f"{run_id}-{user}-{n}", "Hi there!")
             tally = [0.0]
             SPENT.set(tally)
-            final = None
+            answered = 0.0
             async for event in core.handle(msg):
                 if isinstance(event, FinalText):
-                    final = event
-            assert final is not None, "no reply"
-            return tally[0]
+                    answered = time.perf_counter()
+            assert answered, "no reply"
+            return tally[0], answered
 
         async def timed(user: str, n: int) -> float:
-            """One message's added latency: its time through the core less the upstream's."""
+            """One message's added latency: from sending it to its reply, less the upstream's
+            own time."""
             started = time.perf_counter()
-            upstream_time = await one(user, n)
-            return time.perf_counter() - started - upstream_time
+            upstream_time, answered = await one(user, n)
+            return answered - started - upstream_time
 
         serial: list[float] = []
         for n in range(min(500, messages)):  # warm up, then added latency with no contention
@@ -416,11 +419,15 @@ async def run_backend(
 
 
 async def open_loop(
-    one: Callable[[str, int], Awaitable[float]], rate: float, seconds: float, users: int
+    one: Callable[[str, int], Awaitable[tuple[float, float]]],
+    rate: float,
+    seconds: float,
+    users: int,
 ) -> OpenLoop:
     """Offer `rate` messages per second for `seconds`, message i from user "o{i % users}".
 
-    `one(user, n)` sends message n of `user` and returns the upstream's own time in it.
+    `one(user, n)` sends message n of `user` and returns the upstream's own time in it and when
+    the reply came (time.perf_counter()).
 
     A dispatcher wakes when the next message is due and starts every message due by then, each
     in a task of its own; a user's message whose previous one is still being answered waits for
@@ -438,10 +445,9 @@ async def open_loop(
         nonlocal done_at
         if before is not None:  # the user's previous message is still being answered
             await asyncio.wait([before])
-        upstream_time = await one(f"o{i % users}", i)
-        finished = time.perf_counter()
-        latencies[i] = finished - due - upstream_time
-        done_at = max(done_at, finished)
+        upstream_time, answered = await one(f"o{i % users}", i)
+        latencies[i] = answered - due - upstream_time
+        done_at = max(done_at, time.perf_counter())
 
     start = time.perf_counter() + 0.01
     cpu = time.process_time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from bench import core as bench
 
@@ -34,10 +35,10 @@ async def test_open_loop_answers_every_message_one_in_flight_per_user() -> None:
 async def test_open_loop_latency_counts_from_the_schedule_not_the_start() -> None:
     """A message that cannot start on time (the core stalled) is late by the whole stall."""
 
-    async def stalling(user: str, n: int) -> float:
+    async def stalling(user: str, n: int) -> tuple[float, float]:
         if n == 0:
             await asyncio.sleep(0.05)
-        return 0.0
+        return 0.0, time.perf_counter()
 
     stall = 0.05
     opened = await bench.open_loop(stalling, rate=1000, seconds=0.02, users=1)
