@@ -437,7 +437,17 @@ async def open_loop(
     interval = 1.0 / rate
     latencies: list[float] = [0.0] * count
     last: dict[int, asyncio.Task[None]] = {}
-    tasks: list[asyncio.Task[None]] = []
+    # Messages still being answered; only they are kept (and waited for at the end), as a
+    # server keeps only its live requests: thousands of finished tasks would make the
+    # garbage collector's full passes, and a final gather over all of them, stall the loop.
+    live: set[asyncio.Task[None]] = set()
+    errors: list[BaseException] = []
+
+    def finished(task: asyncio.Task[None]) -> None:
+        live.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            errors.append(task.exception())  # type: ignore[arg-type]
+
     done_at = 0.0
     lags: list[float] = []  # how late each message was started after its slot
 
@@ -465,9 +475,13 @@ async def open_loop(
             user = i % users
             task = asyncio.create_task(arrive(i, start + i * interval, last.get(user)))
             last[user] = task
-            tasks.append(task)
+            live.add(task)
+            task.add_done_callback(finished)
             i += 1
-    await asyncio.gather(*tasks)
+    while live:
+        await asyncio.wait(set(live))
+    if errors:
+        raise errors[0]
     cpu = time.process_time() - cpu
     return OpenLoop(rate, users, latencies, done_at - start, cpu, lags)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from bench import core as bench
 
 
@@ -69,3 +71,13 @@ def test_verdict_needs_every_target() -> None:
     assert "FAIL" in behind and "NOT sustained" in behind
     short = _result("redis", max_rate=2500, p99_ms=2, answered=1000).verdict()
     assert "FAIL" in short and "max 2500 msg/s < 3000" in short
+
+
+async def test_open_loop_fails_when_a_message_fails() -> None:
+    async def failing(user: str, n: int) -> tuple[float, float]:
+        if n == 3:
+            raise AssertionError("no reply")
+        return 0.0, time.perf_counter()
+
+    with pytest.raises(AssertionError, match="no reply"):
+        await bench.open_loop(failing, rate=500, seconds=0.02, users=2)
