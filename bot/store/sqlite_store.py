@@ -3,8 +3,9 @@
 The same tables and the same single-statement semantics as `SqlStore` (`add` is an upsert
 that only overwrites an expired row, with RETURNING; `incr` one upsert), so every guarantee
 that rests on SQLite's locking holds across processes unchanged. What differs is the cost:
-each call is a short function queued for the wallet's group-commit writer
-(`billing.wallet.sql_batch.SqliteWriter`, on a thread and connection of the store's own), which
+each call is a short function queued for the group-commit writer
+(`billing.wallet.sql_batch.SqliteWriter.shared`: one thread and connection per file and
+process, shared with the wallet when both live in the same file, as by default), which
 runs whatever has queued up meanwhile inside one BEGIN IMMEDIATE ... COMMIT (reads alone need no
 transaction). One thread hand-off and one commit serve a whole batch, and the statements are
 plain SQL text that sqlite3 compiles once and caches, instead of SQLAlchemy building each one.
@@ -80,8 +81,9 @@ class SqliteStore:
     """Store protocol on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str, synchronous: str) -> None:
-        # The wallet's group-commit writer, on a thread and connection of the store's own.
-        self._writer = SqliteWriter(path, synchronous, name="store-sqlite")
+        # The process's one group-commit writer for this file, shared with the wallet when
+        # both live in it (the default): one write lock holder, one disk flush for both.
+        self._writer = SqliteWriter.shared(path, synchronous, name="sqlite-writer")
         self._writes = 0
 
     @classmethod
