@@ -192,3 +192,45 @@ async def test_batch_runs_calls_in_order_with_their_own_answers(store: Store) ->
         None,
     ]
     assert await store.batch([]) == []
+
+
+def test_hiredis_packs_the_same_bytes_as_redis_py() -> None:
+    """The Redis store packs commands with hiredis: byte for byte what redis-py would send."""
+    from redis.asyncio.connection import Connection
+
+    from bot.store import redis_store
+
+    if not redis_store.HIREDIS_AVAILABLE:
+        pytest.skip("hiredis is not installed")
+    packed = redis_store._hiredis_packed(Connection)(decode_responses=True)
+    plain = Connection(decode_responses=True)
+    big = "\u4f60\u597d, \u00e9t\u00e9 \U0001f600 " * 2000  # past redis-py's 6,000-byte chunking
+    commands = [
+        ("SET", "creditbot:kv:seen:tg:1", "1", "PX", 86_400_000, "NX"),
+        ("MGET", "creditbot:kv:ident:tg:1", "creditbot:kv:model:tg:1", "creditbot:kv:conv:x"),
+        ("SET", "creditbot:kv:conv:tg:1:c", big, "PX", 2_592_000_000),
+        ("DEL", "creditbot:kv:inflight:tg:1:0"),
+        ("SADD", "creditbot:set:linked:tg:1", "wechat:o\u00e9"),
+        ("INCR", "creditbot:kv:n"),
+        ("CONFIG GET", "maxmemory"),
+        ("SET", "k", b"raw bytes", "PX", -1),
+    ]
+    for command in commands:
+        assert b"".join(packed.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    assert b"".join(packed.pack_commands(commands)) == b"".join(plain.pack_commands(commands))
+
+
+async def test_the_redis_store_connects_with_hiredis_packing(redis_url: str) -> None:
+    from bot.store import redis_store
+
+    store = await open_store(redis_url)
+    try:
+        connection_class = store._redis.connection_pool.connection_class  # type: ignore[attr-defined]
+        packs_in_c = connection_class.__name__.startswith("HiredisPacked")
+        assert packs_in_c == redis_store.HIREDIS_AVAILABLE
+        assert await store.batch([("add", "k", "v", 60), ("get_many", ["k", "none"])]) == [
+            True,
+            ["v", None],
+        ]
+    finally:
+        await store.close()
