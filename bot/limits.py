@@ -6,6 +6,8 @@ crashed process cannot lock a user out for longer than the lease. Long replies r
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -13,6 +15,15 @@ from collections.abc import Sequence
 from bot.store.base import Op, Store, batch
 
 DEFAULT_LEASE_SECONDS = 180.0
+
+_TAG = secrets.token_hex(4)
+_serial = itertools.count(1)
+
+
+def _token() -> str:
+    """A lease's value: who holds the slot, for someone reading the store (it is never
+    compared, so a counter does; secrets.token_hex cost a system call per message)."""
+    return f"{_TAG}.{os.getpid()}.{next(_serial)}"
 
 
 class Lease:
@@ -65,13 +76,13 @@ class InflightLimiter:
     def claim(self, account: str) -> tuple[Op, Lease]:
         """The store op that takes the account's first slot, and the lease it gives if it
         succeeds, for a batch of the caller's (`acquire_more` tries the other slots)."""
-        token = secrets.token_hex(8)
+        token = _token()
         key = f"inflight:{account}:0"
         return ("add", key, token, self.ttl), Lease(self.store, key, token, self.ttl)
 
     async def acquire_more(self, account: str) -> Lease | None:
         """A lease on any slot but the first (taken by someone else): None when all are taken."""
-        token = secrets.token_hex(8)
+        token = _token()
         for slot in range(1, self.limit):
             key = f"inflight:{account}:{slot}"
             if await self.store.add(key, token, ttl=self.ttl):
@@ -93,7 +104,7 @@ class InflightLimiter:
 
     async def acquire(self, account: str) -> Lease | None:
         """A lease, or None when the account already has `limit` requests in flight."""
-        token = secrets.token_hex(8)
+        token = _token()
         for slot in range(self.limit):
             key = f"inflight:{account}:{slot}"
             if await self.store.add(key, token, ttl=self.ttl):
