@@ -6,7 +6,7 @@ keys in the same database. Redis expires keys itself, and SET NX makes `add` ato
 Commands are auto-pipelined (see `AutoPipeline`): calls made while others are on the wire go
 out together, each still atomic and in order, so results are the same and the cost is lower.
 They are sent as plain `execute_command` calls (no redis-py command method to build each) and
-packed by hiredis where it is installed (see `_hiredis_packed`).
+packed by hiredis where it is installed (`billing.wallet.redis_wallet.hiredis_packed`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ import redis.asyncio as aioredis
 
 from billing.wallet.redis_wallet import AutoPipeline, connect
 from bot.store.base import Op, run_in_order
-
-try:
-    from redis.connection import HiredisRespSerializer
-    from redis.utils import HIREDIS_AVAILABLE
-except ImportError:  # another redis-py: its own packing
-    HIREDIS_AVAILABLE = False
 
 KV_PREFIX = "creditbot:kv:"
 SET_PREFIX = "creditbot:set:"
@@ -41,29 +35,6 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-_packed: dict[type, type] = {}
-
-
-def _hiredis_packed(base: type) -> type:
-    """`base` (a redis-py asyncio connection class) packing commands with hiredis, in C.
-
-    redis-py's synchronous connection packs with hiredis where it is installed; its asyncio one
-    always packs in Python, which was the largest single cost of a store call. The bytes sent
-    are the same.
-    """
-    if base not in _packed:
-
-        class Packed(base):  # type: ignore[misc, valid-type]
-            _packer = HiredisRespSerializer()
-
-            def pack_command(self, *args: Any) -> list[bytes]:
-                return self._packer.pack(*args)
-
-        Packed.__name__ = Packed.__qualname__ = f"HiredisPacked{base.__name__}"
-        _packed[base] = Packed
-    return _packed[base]
-
-
 class RedisStore:
     """Store protocol on Redis."""
 
@@ -73,10 +44,7 @@ class RedisStore:
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
-        client = connect(url)
-        if HIREDIS_AVAILABLE:  # before the first connection is made
-            pool = client.connection_pool
-            pool.connection_class = _hiredis_packed(pool.connection_class)
+        client = connect(url)  # packs commands with hiredis where installed
         await client.ping()
         return cls(client)
 
