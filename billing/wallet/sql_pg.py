@@ -178,32 +178,41 @@ def batch_hold_statement() -> str:
 
     Per account, the batch's holds are reserved together or not at all (a refusal sends each of
     them down the transactional path, which answers it alone); a request whose key a ledger
-    entry uses is left out. Accounts are locked in id order, so two batches never deadlock.
+    entry uses is left out. Accounts are locked in id order, byte by byte (COLLATE "C", the
+    order Python's sorted() gives the sweeper), so batches and sweeps never deadlock.
     Returns (id, account, key) per inserted hold; a hold key already used raises a unique
     violation and the whole statement changes nothing.
+
+    Every table is reached through an index whatever the row estimates (a prepared statement
+    soon runs a generic plan, which cannot know how many requests the arrays hold): the ledger
+    key check is a LATERAL probe, the accounts are found by `id = ANY(...)`.
     """
     return f"""
 WITH req AS (
     SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::varchar[], $4::timestamptz[],
                          $5::timestamptz[]) AS r(account, amount, key, created_at, expires_at)
 ), ok AS (
-    SELECT r.* FROM req r WHERE NOT EXISTS (
-        SELECT 1 FROM {entries.name} e WHERE e.account = r.account AND e.key = r.key
-    )
+    SELECT r.* FROM req r
+    LEFT JOIN LATERAL (
+        SELECT 1 AS taken FROM {entries.name} e
+        WHERE e.account = r.account AND e.key = r.key LIMIT 1
+    ) t ON true
+    WHERE t.taken IS NULL
 ), want AS (
     SELECT account, sum(amount)::bigint AS amount FROM ok GROUP BY account
 ), locked AS (
-    SELECT a.id FROM {accounts.name} a JOIN want w ON w.account = a.id
-    ORDER BY a.id FOR UPDATE OF a
+    SELECT a.id FROM {accounts.name} a WHERE a.id = ANY(ARRAY(SELECT account FROM want))
+    ORDER BY a.id COLLATE "C" FOR UPDATE
 ), upd AS (
     UPDATE {accounts.name} a SET held = a.held + w.amount
-    FROM want w JOIN locked l ON l.id = w.account
-    WHERE a.id = w.account AND a.total - a.held >= w.amount
+    FROM want w
+    WHERE a.id = ANY(ARRAY(SELECT id FROM locked)) AND w.account = a.id
+      AND a.total - a.held >= w.amount
     RETURNING a.id
 )
 INSERT INTO {holds.name} (account, amount, key, status, captured, created_at, expires_at)
 SELECT ok.account, ok.amount, ok.key, '{HELD}', 0, ok.created_at, ok.expires_at
-FROM ok JOIN upd ON upd.id = ok.account
+FROM ok WHERE ok.account = ANY(ARRAY(SELECT id FROM upd))
 RETURNING id, account, key
 """
 
@@ -215,6 +224,7 @@ def batch_capture_statement(capture_prefix: str) -> str:
     caller takes the transactional path. The money of several captures of one account moves in
     one update of its row, summed. Returns (id, account, key, ref) per ledger line; ref is the
     hold id. A capture key the ledger already uses raises a unique violation (nothing changes).
+    Holds are found by `id = ANY($1)`, accounts as in batch_hold_statement.
     """
     prefix = capture_prefix.replace("'", "''")
     return f"""
@@ -224,17 +234,18 @@ WITH req AS (
 ), h AS (
     UPDATE {holds.name} w SET status = '{CAPTURED}', captured = r.amount, closed_at = r.at
     FROM req r
-    WHERE w.id = r.hid AND w.status = '{HELD}' AND w.expires_at > r.at AND w.amount >= r.amount
+    WHERE w.id = ANY($1::bigint[]) AND w.id = r.hid AND w.status = '{HELD}'
+      AND w.expires_at > r.at AND w.amount >= r.amount
     RETURNING w.id, w.account, w.amount AS held, r.amount AS spent, w.key, r.at, r.reason, r.meta
 ), want AS (
     SELECT account, sum(held)::bigint AS held, sum(spent)::bigint AS spent FROM h GROUP BY account
 ), locked AS (
-    SELECT a.id FROM {accounts.name} a JOIN want w ON w.account = a.id
-    ORDER BY a.id FOR UPDATE OF a
+    SELECT a.id FROM {accounts.name} a WHERE a.id = ANY(ARRAY(SELECT account FROM want))
+    ORDER BY a.id COLLATE "C" FOR UPDATE
 ), moved AS (
     UPDATE {accounts.name} a SET held = a.held - w.held, total = a.total - w.spent
-    FROM want w JOIN locked l ON l.id = w.account
-    WHERE a.id = w.account
+    FROM want w
+    WHERE a.id = ANY(ARRAY(SELECT id FROM locked)) AND w.account = a.id
 )
 INSERT INTO {entries.name} (account, kind, amount, key, reason, ref, meta, created_at)
 SELECT h.account, '{CAPTURE}', -h.spent, '{prefix}' || h.key, h.reason, h.id::text,

@@ -194,6 +194,9 @@ class SqlWallet:
         self._pg_hold = None if self._sqlite else sql_pg.hold_statement()
         self._pg_capture = None if self._sqlite else sql_pg.capture_statement(CAPTURE_KEY_PREFIX)
         self._fast_capture = sql_pg.fast_capture(CAPTURE_KEY_PREFIX)
+        self._lock_account = (
+            sa.select(accounts.c.id).where(accounts.c.id == _p("p_acct")).with_for_update()
+        )
         self._ins_entry = (
             insert(entries)
             .on_conflict_do_nothing(index_elements=["account", "key"])
@@ -401,10 +404,10 @@ class SqlWallet:
         if not ttl > 0:
             raise ValueError(f"hold ttl must be positive seconds, got {ttl!r}")
         span = timedelta(seconds=ttl)
-        if self._pg_hold is not None:  # one autocommit statement when it simply succeeds
+        if self._fast is not None:  # PostgreSQL: one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             with contextlib.suppress(sql_pg.KeyTaken):
-                row = await self._fast.hold(account, amount, key, now, now + span)  # type: ignore[union-attr]
+                row = await self._fast.hold(account, amount, key, now, now + span)
                 if row is not sql_pg.FALLBACK and row is not None:
                     return Hold(str(row["id"]), account, amount, key, HELD, now, now + span)
 
@@ -418,6 +421,9 @@ class SqlWallet:
                     "p_now": now,
                     "p_exp": now + span,
                 }
+                # The account's row first, as the fast statements take it (reserve, then
+                # insert): a hold racing a replay of itself on the other path cannot deadlock.
+                conn.execute(self._lock_account, {"p_acct": account})
                 new_id, ok = conn.execute(self._pg_hold, params).one()
                 if new_id is None:
                     return self._hold_replay(conn, account, amount, key)
@@ -478,10 +484,10 @@ class SqlWallet:
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
         meta = dict(meta or {})
-        if self._pg_capture is not None:  # one autocommit statement when it simply succeeds
+        if self._fast is not None:  # PostgreSQL: one autocommit statement when it simply succeeds
             now = datetime.now(UTC)
             try:
-                got = await self._fast.capture(  # type: ignore[union-attr]
+                got = await self._fast.capture(
                     hid, amount, now, reason or "capture", json.dumps(meta) if meta else None
                 )
             except sql_pg.KeyTaken as exc:
@@ -710,8 +716,12 @@ class SqlWallet:
         return [_hold(r) for r in await self._read(q)]
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
-        if self._sqlite_writer is not None:
-            await self._sqlite_writer.close()
+        """Close what the wallet opened; closing again does nothing (the SQLite writer may be
+        shared with the bot's store, which must not lose it to a second close)."""
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            await fast.close()
+        writer, self._sqlite_writer = self._sqlite_writer, None
+        if writer is not None:
+            await writer.close()
         await self._engine.dispose()

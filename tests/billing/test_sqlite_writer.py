@@ -131,3 +131,20 @@ async def test_one_writer_per_file_shared_until_the_last_user_closes(tmp_path: P
     assert await c.run(lambda cur: cur.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
     await c.close()
     await other.close()
+
+
+async def test_closing_the_wallet_twice_leaves_the_store_its_writer(tmp_path: Path) -> None:
+    import billing
+    from bot.store import open_store
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    wallet = await billing.open_wallet(url)
+    store = await open_store(url)
+    try:
+        await wallet.credit("a", 1_000, "fund", "t")
+        await wallet.close()
+        await wallet.close()  # a second close is a no-op, not the store's writer closing
+        assert await store.add("k", "v", 60)
+        assert await store.get("k") == "v"
+    finally:
+        await store.close()

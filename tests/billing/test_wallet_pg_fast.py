@@ -248,3 +248,37 @@ async def test_a_batch_on_a_dropped_connection_falls_back(
         bal = await wallet.balance(a)
         assert bal.total == 100_000 - 5 * 400
         await _consistent(wallet, a)
+
+
+async def test_the_two_hold_paths_race_a_key_without_deadlock(postgres_url: str) -> None:
+    """A hold on the transactional path (another process whose fast path is off) and the same
+    hold replayed on the fast path: both take the account's row before the hold's key, so they
+    never deadlock (which would stall both for deadlock_timeout) and the key holds once."""
+    slow = await billing.open_wallet(postgres_url)
+    fast = await billing.open_wallet(postgres_url)
+    assert isinstance(slow, SqlWallet) and isinstance(fast, SqlWallet)
+    assert slow._fast is not None
+    await slow._fast.close()  # this one always takes the transactional path
+    try:
+        await fast.credit("a", 10**9, "fund", "t")
+        worst = 0.0
+
+        async def timed(w: SqlWallet, key: str) -> str:
+            nonlocal worst
+            started = asyncio.get_running_loop().time()
+            hold = await w.hold("a", 1_000, key, 60)
+            worst = max(worst, asyncio.get_running_loop().time() - started)
+            return hold.id
+
+        for round_ in range(10):
+            keys = [f"k{round_}-{i}" for i in range(20)]
+            ids = await asyncio.gather(
+                *(timed(w, k) for k in keys for w in (slow, fast)),
+            )
+            assert ids[0::2] == ids[1::2]  # each key: one hold, both callers told its id
+        assert worst < 0.8, f"a hold waited {worst:.2f} s (a deadlock?)"
+        bal = await fast.balance("a")
+        assert bal.held == 200 * 1_000
+    finally:
+        await slow.close()
+        await fast.close()
