@@ -53,6 +53,9 @@ class _MemoryStore:
         self.data[key] = value
         return True
 
+    async def smembers(self, name: str) -> set[str]:
+        return set()  # no pending Stars payments to retry in the bench
+
 
 class _ScriptedCore:
     """The front end's side only: a reply streamed in 10 deltas, no store, no wallet."""
