@@ -149,24 +149,31 @@ class SqliteWriter:
 
     def _serve(self) -> None:
         """Take what has queued, run it as one batch, answer; until asked to close."""
+        q = self._queue
         while True:
-            first = self._queue.get()
-            batch: list[_Item] = []
-            closing: _Close | None = None
-            item: _Item | _Close = first
-            while True:
-                if isinstance(item, _Close):
-                    closing = item
-                    break
-                batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
+            item = q.get()
+            if isinstance(item, _Close):
+                self._close_connection()
+                _answer_on_loop(item.fut, True, None)
+                return
+            if q.empty():  # alone (the usual case at low load): no batch bookkeeping
+                fn, write, relaxed, fut = item
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+                    outcome = self._run_batch([fn], write, relaxed)[0]
+                except Exception as exc:  # the whole transaction failed (e.g. the disk)
+                    outcome = (False, exc)
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    fut.get_loop().call_soon_threadsafe(_settle, [(fut, outcome)])
+                continue
+            batch: list[_Item] = [item]
+            closing: _Close | None = None
+            while len(batch) < MAX_BATCH and not q.empty():
+                queued = q.get_nowait()
+                if isinstance(queued, _Close):
+                    closing = queued
                     break
-            if batch:
-                self._answer(batch, self._outcomes(batch))
+                batch.append(queued)
+            self._answer(batch, self._outcomes(batch))
             if closing is not None:
                 self._close_connection()
                 _answer_on_loop(closing.fut, True, None)
