@@ -53,6 +53,45 @@ class Store(Protocol):
 Op = tuple[Any, ...]
 
 
+class OpStore:
+    """The Store methods on top of one `_one(name, *args)`: the op that `batch` also takes.
+
+    A store that answers ops (SQLite's writer functions, Redis commands) writes only `_one` and
+    `batch`; each method is the same op sent alone, so a call and a batched op cannot differ.
+    """
+
+    async def _one(self, name: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def get(self, key: str) -> str | None:
+        return await self._one("get", key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        keys = list(keys)
+        return await self._one("get_many", keys) if keys else []
+
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        await self._one("set", key, value, ttl)
+
+    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        return await self._one("add", key, value, ttl)
+
+    async def delete(self, key: str) -> bool:
+        return await self._one("delete", key)
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        return await self._one("incr", key, ttl)
+
+    async def sadd(self, name: str, member: str) -> None:
+        await self._one("sadd", name, member)
+
+    async def srem(self, name: str, member: str) -> None:
+        await self._one("srem", name, member)
+
+    async def smembers(self, name: str) -> set[str]:
+        return await self._one("smembers", name)
+
+
 async def run_in_order(store: Any, ops: Sequence[Op]) -> list[Any]:
     """`batch` for a store without a faster way: the calls one after another."""
     return [await getattr(store, op[0])(*op[1:]) for op in ops]

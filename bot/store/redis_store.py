@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from billing.wallet.redis_wallet import AutoPipeline, connect
-from bot.store.base import Op, run_in_order
+from bot.store.base import Op, OpStore, run_in_order
 
 KV_PREFIX = "creditbot:kv:"
 SET_PREFIX = "creditbot:set:"
@@ -35,7 +35,7 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-class RedisStore:
+class RedisStore(OpStore):
     """Store protocol on Redis."""
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -96,23 +96,6 @@ class RedisStore:
         command, call_args, kwargs, answer = self._command(name, *args)  # type: ignore[misc]
         return answer(await self._pipe.call(command, *call_args, **kwargs))
 
-    async def get(self, key: str) -> str | None:
-        return await self._one("get", key)
-
-    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
-        """Several values in one MGET, in the order of `keys` (None for absent)."""
-        keys = list(keys)
-        return await self._one("get_many", keys) if keys else []
-
-    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        await self._one("set", key, value, ttl)
-
-    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        return await self._one("add", key, value, ttl)
-
-    async def delete(self, key: str) -> bool:
-        return await self._one("delete", key)
-
     async def incr(self, key: str, ttl: float | None = None) -> int:
         name = KV_PREFIX + key
         if ttl is None:
@@ -123,15 +106,6 @@ class RedisStore:
             pipe.incr(name)
             _, value = await pipe.execute()
         return int(value)
-
-    async def sadd(self, name: str, member: str) -> None:
-        await self._one("sadd", name, member)
-
-    async def srem(self, name: str, member: str) -> None:
-        await self._one("srem", name, member)
-
-    async def smembers(self, name: str) -> set[str]:
-        return await self._one("smembers", name)
 
     async def close(self) -> None:
         await self._pipe.drain()

@@ -35,7 +35,7 @@ from billing.wallet.sql_engine import (
     migrate,
     normalize_url,
 )
-from bot.store.base import Op
+from bot.store.base import Op, OpStore
 
 PURGE_EVERY = 1000  # writes between two purges of expired rows
 RELAXED_PREFIXES = ("seen:", "inflight:", "conv:")
@@ -77,7 +77,7 @@ def _relaxed(write: bool, key: str | None) -> bool:
     return not write or (key is not None and key.startswith(RELAXED_PREFIXES))
 
 
-class SqliteStore:
+class SqliteStore(OpStore):
     """Store protocol on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str, synchronous: str) -> None:
@@ -222,33 +222,6 @@ class SqliteStore:
             return {row[0] for row in cur.execute(_SMEMBERS, (name,)).fetchall()}
 
         return op, False, None
-
-    async def get(self, key: str) -> str | None:
-        return await self._one("get", key)
-
-    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
-        return await self._one("get_many", keys) if keys else []
-
-    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        await self._one("set", key, value, ttl)
-
-    async def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        return await self._one("add", key, value, ttl)
-
-    async def delete(self, key: str) -> bool:
-        return await self._one("delete", key)
-
-    async def incr(self, key: str, ttl: float | None = None) -> int:
-        return await self._one("incr", key, ttl)
-
-    async def sadd(self, name: str, member: str) -> None:
-        await self._one("sadd", name, member)
-
-    async def srem(self, name: str, member: str) -> None:
-        await self._one("srem", name, member)
-
-    async def smembers(self, name: str) -> set[str]:
-        return await self._one("smembers", name)
 
     async def close(self) -> None:
         await self._writer.close()
