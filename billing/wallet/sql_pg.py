@@ -329,12 +329,12 @@ class FastLane:
         if self._closed:
             return FALLBACK
         if not self._ops and (self._idle or self._open < self.size):
-            return await self._alone(kind, args)
+            return await self._alone(kind, args, ident)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._ops.append(_Op(kind, args, ident, fut))
         return await fut  # a caller that gives up leaves its op to run or not (see _take)
 
-    async def _alone(self, kind: str, args: tuple[Any, ...]) -> Any:
+    async def _alone(self, kind: str, args: tuple[Any, ...], ident: Any) -> Any:
         if self._idle:
             conn = self._idle.pop()
         else:
@@ -347,21 +347,40 @@ class FastLane:
                 if isinstance(exc, Exception):
                     return FALLBACK  # cannot connect now: the transactional path will say why
                 raise
+        (answer,) = await self._execute(conn, kind, [args], [ident])
+        if isinstance(answer, KeyTaken):
+            raise answer
+        return answer
+
+    async def _execute(
+        self, conn: asyncpg.Connection, kind: str, calls: list[tuple[Any, ...]], idents: list[Any]
+    ) -> list[Any]:
+        """Run one call alone, or several as one batch statement, on `conn`, then give `conn`
+        back (or drop it). Each answer: a row, None, FALLBACK, or KeyTaken (a call alone)."""
         try:
-            row = await conn.fetchrow(self._single[kind], *args)
-        except asyncpg.UniqueViolationError as exc:
-            self._release(conn)
-            raise KeyTaken from exc
-        except asyncpg.PostgresError:
-            self._release(conn)  # an error of the statement; the connection is fine
-            return FALLBACK
+            if len(calls) == 1:
+                answers = [await conn.fetchrow(self._single[kind], *calls[0])]
+            else:
+                self.batches += 1
+                columns = [list(col) for col in zip(*calls, strict=True)]
+                rows = await conn.fetch(self._batch_sql[kind], *columns)
+                if kind == _HOLD:
+                    found = {(r["account"], r["key"]): r for r in rows}
+                else:
+                    found = {int(r["ref"]): r for r in rows}
+                answers = [found.get(ident) for ident in idents]
+        except asyncpg.UniqueViolationError:
+            # Alone: the key is taken. In a batch, which call's is unknown: all fall back.
+            answers = [KeyTaken() if len(calls) == 1 else FALLBACK] * len(calls)
+        except asyncpg.PostgresError:  # an error of the statement; the connection is fine
+            answers = [FALLBACK] * len(calls)
         except BaseException as exc:  # broken, or interrupted mid-statement: never reuse it
             self._drop(conn)
             if isinstance(exc, Exception):
-                return FALLBACK
+                return [FALLBACK] * len(calls)
             raise
         self._release(conn)
-        return row
+        return answers
 
     # -- connections and the queue -----------------------------------------------------------
 
@@ -427,43 +446,21 @@ class FastLane:
         if not ops:
             self._release(conn)
             return
-        kind = ops[0].kind
-        answers: list[Any]
         try:
-            if len(ops) == 1:
-                answers = [await conn.fetchrow(self._single[kind], *ops[0].args)]
-            else:
-                self.batches += 1
-                columns = [list(col) for col in zip(*(op.args for op in ops), strict=True)]
-                rows = await conn.fetch(self._batch_sql[kind], *columns)
-                if kind == _HOLD:
-                    found = {(r["account"], r["key"]): r for r in rows}
-                else:
-                    found = {int(r["ref"]): r for r in rows}
-                answers = [found.get(op.ident) for op in ops]
-        except asyncpg.UniqueViolationError as exc:
-            answers = [exc if len(ops) == 1 else FALLBACK] * len(ops)
-            self._release(conn)
-        except asyncpg.PostgresError:
+            answers = await self._execute(
+                conn, ops[0].kind, [op.args for op in ops], [op.ident for op in ops]
+            )
+        except BaseException:  # cancelled at shutdown: nobody is left waiting for nothing
             answers = [FALLBACK] * len(ops)
-            self._release(conn)
-        except BaseException as exc:  # broken, or cancelled at shutdown: never reuse it
-            self._drop(conn)
-            for op in ops:
-                if not op.fut.done():
-                    op.fut.set_result(FALLBACK)
-            if isinstance(exc, Exception):
-                return
             raise
-        else:
-            self._release(conn)
-        for op, answer in zip(ops, answers, strict=True):
-            if op.fut.done():
-                continue
-            if isinstance(answer, asyncpg.UniqueViolationError):
-                op.fut.set_exception(KeyTaken())
-            else:
-                op.fut.set_result(answer)
+        finally:
+            for op, answer in zip(ops, answers, strict=True):
+                if op.fut.done():
+                    continue
+                if isinstance(answer, KeyTaken):
+                    op.fut.set_exception(answer)
+                else:
+                    op.fut.set_result(answer)
 
     async def close(self) -> None:
         self._closed = True
