@@ -1,6 +1,6 @@
 """The SQLite wallet's write transactions as plain sqlite3 statements with fixed SQL text.
 
-They run on the writer thread (sql_batch) and mirror the Core transactions of sql_wallet
+They run on the writer thread (sqlite_writer) and mirror the Core transactions of sql_wallet
 statement for statement: the same tables, the same single-statement conditional updates
 (`held + a WHERE total - held >= a`, `WHERE status = 'held'`), the same idempotency rules.
 Only the cost differs: sqlite3 caches each compiled statement, where SQLAlchemy would build and

@@ -12,7 +12,7 @@ enforces the rules without row locks that SQLite lacks:
   key share one namespace per account: a new row whose key the other table already holds for
   the account is refused (the transaction rolls back).
 The ledger row and the balance change are written in the same transaction. On a SQLite file,
-a process's writes run on one writer thread that group-commits whatever is waiting (sql_batch),
+a process's writes run on one writer thread that group-commits whatever is waiting (sqlite_writer),
 each transaction opened with BEGIN IMMEDIATE; other processes wait on busy_timeout, and a
 leftover "database is locked" is retried. On PostgreSQL a hold and a capture are one statement
 each (sql_pg), tried first alone in autocommit on the pool's raw asyncpg connection (one round
@@ -58,7 +58,6 @@ from billing.wallet.base import (
     InvalidAmount,
     WalletError,
 )
-from billing.wallet.sql_batch import SqliteWriter
 from billing.wallet.sql_engine import (
     create_engine,
     is_sqlite,
@@ -68,6 +67,7 @@ from billing.wallet.sql_engine import (
     writer,
 )
 from billing.wallet.sql_schema import accounts, entries, holds
+from billing.wallet.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
@@ -289,7 +289,7 @@ class SqlWallet:
         """Run one write transaction, retried whole on lock/serialization failures.
 
         SQLite files: `lite`, the same transaction in plain sqlite3 (sql_lite), runs on the
-        wallet's writer thread, group-committed with whatever else is waiting (see sql_batch).
+        wallet's writer thread, group-committed with whatever else is waiting (see sqlite_writer).
         PostgreSQL and SQLite :memory:: `fn`, plain blocking Core code, runs through
         `AsyncConnection.run_sync`, each statement awaited on the async driver.
         """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.wallet.sql_batch import SqliteWriter
+from billing.wallet.sqlite_writer import SqliteWriter
 
 
 @pytest.fixture
