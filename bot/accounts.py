@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from typing import Any
 
-from billing.wallet.base import Wallet
+from billing.wallet.base import Entry, Wallet
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,30 @@ class Accounts:
         """The wallet account that pays for this platform user."""
         ident = identity(platform, user_id)
         return account_for(ident, await self.store.get(ident_key(ident)))
+
+    async def credit_payment(
+        self,
+        platform: str,
+        user_id: str,
+        amount_milli: int,
+        *,
+        key: str,
+        reason: str,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Credit a confirmed payment to the payer's account; the same `key` again credits
+        nothing more, even after a /link (the first payer's account is kept under `payacct:`).
+
+        The paying account is written down before the credit, so a reversal finds the payment
+        even if the process died between the credit and its `pay:` record. The core's
+        `credit_payment` and the operator's `admin order` both credit through here.
+        """
+        account = await self.resolve(platform, user_id)
+        await self.store.add(f"payacct:{key}", account)
+        account = await self.store.get(f"payacct:{key}") or account  # a replay: the first payer
+        entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
+        await self.store.set(f"pay:{key}", entry.id)
+        return entry
 
     async def resolve_name(self, name: str) -> str:
         """An admin's USER argument: "platform:user_id" (following links) or an account id."""

@@ -325,15 +325,11 @@ class Core:
     ) -> Entry:
         """Credit a confirmed payment; the same `key` again credits nothing more.
 
-        The paying account is written down before the credit, so a reversal finds the payment
-        even if the process died between the credit and its `pay:` record.
+        See `Accounts.credit_payment` (which `creditbot admin order` uses too).
         """
-        account = await self.account_of(platform, user_id)
-        await self.kv.add(f"payacct:{key}", account)
-        account = await self.kv.get(f"payacct:{key}") or account  # a replay: the first payer
-        entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
-        await self.kv.set(f"pay:{key}", entry.id)
-        return entry
+        return await self.services.accounts.credit_payment(
+            platform, user_id, amount_milli, key=key, reason=reason, meta=meta
+        )
 
     async def _payment_entry(self, key: str) -> Entry | None:
         """The ledger entry that credited payment `key` (by its record, else by its wallet key)."""
