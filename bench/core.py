@@ -100,6 +100,11 @@ class MemoryStore:
     async def delete(self, key: str) -> bool:
         return self.data.pop(key, None) is not None
 
+    async def delete_if(self, key: str, value: str) -> bool:
+        if self._live(key) != value:
+            return False
+        return self.data.pop(key, None) is not None
+
     async def incr(self, key: str, ttl: float | None = None) -> int:
         value = int(self._live(key) or 0) + 1
         await self.set(key, str(value), ttl)

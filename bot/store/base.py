@@ -27,6 +27,12 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> bool: ...
 
+    async def delete_if(self, key: str, value: str) -> bool:
+        """Delete `key` only if it holds `value`; True if this call deleted a live key. Atomic
+        across processes: an in-flight lease is freed this way when it is unknown whether the
+        slot is still ours (it may be another request's by now, and must stay)."""
+        ...
+
     async def incr(self, key: str, ttl: float | None = None) -> int:
         """Add one and return the new value; `ttl` applies when the key is created."""
         ...
@@ -41,9 +47,10 @@ class Store(Protocol):
         """Several calls in one round trip, run in order; each answer as its call would give.
 
         Each op is `(method name, *args)`, e.g. `("add", key, value, ttl)`, `("get_many", keys)`,
-        `("set", key, value, ttl)`, `("delete", key)`. Each stays atomic on its own (the batch
-        is not a transaction: a later op sees the earlier ones' effects, another process may
-        interleave). If an op fails, its error is raised; later ops may or may not have run.
+        `("set", key, value, ttl)`, `("delete", key)`, `("delete_if", key, value)`. Each stays
+        atomic on its own (the batch is not a transaction: a later op sees the earlier ones'
+        effects, another process may interleave). If an op fails, its error is raised; later
+        ops may or may not have run.
         """
         ...
 
@@ -78,6 +85,9 @@ class OpStore:
 
     async def delete(self, key: str) -> bool:
         return await self._one("delete", key)
+
+    async def delete_if(self, key: str, value: str) -> bool:
+        return await self._one("delete_if", key, value)
 
     async def incr(self, key: str, ttl: float | None = None) -> int:
         return await self._one("incr", key, ttl)

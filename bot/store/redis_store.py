@@ -1,7 +1,8 @@
 """The bot's key-value store on Redis: plain strings with PX expiry, plain sets.
 
 Keys are `creditbot:kv:KEY` and sets `creditbot:set:NAME`, apart from the wallet's `{acct:..}`
-keys in the same database. Redis expires keys itself, and SET NX makes `add` atomic everywhere.
+keys in the same database. Redis expires keys itself, SET NX makes `add` atomic everywhere, and
+a Lua script does the same for `delete_if`.
 
 Commands are auto-pipelined (see `AutoPipeline`): calls made while others are on the wire go
 out together, each still atomic and in order, so results are the same and the cost is lower.
@@ -21,6 +22,13 @@ from bot.store.base import Op, OpStore, run_in_order
 
 KV_PREFIX = "creditbot:kv:"
 SET_PREFIX = "creditbot:set:"
+
+
+# DEL only if the key holds ARGV[1]: one script, so nothing can come between the read and the
+# delete (a slot taken by another request in between stays taken).
+_DELETE_IF = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def _same(value: Any) -> Any:
@@ -81,6 +89,8 @@ class RedisStore(OpStore):
             return run, command, {}, _none
         if name == "delete":
             return run, ("DEL", KV_PREFIX + args[0]), {}, bool
+        if name == "delete_if":
+            return run, ("EVAL", _DELETE_IF, 1, KV_PREFIX + args[0], args[1]), {}, bool
         if name == "incr":
             if len(args) > 1 and args[1] is not None:
                 return None

@@ -144,8 +144,15 @@ class SqlStore:
         return await self._write(tx)
 
     async def delete(self, key: str) -> bool:
+        return await self._delete(kv.c.key == key)
+
+    async def delete_if(self, key: str, value: str) -> bool:
+        return await self._delete(kv.c.key == key, kv.c.value == value)
+
+    async def _delete(self, *where: sa.ColumnElement[bool]) -> bool:
+        """One DELETE (atomic on its own); True if it deleted a live row."""
         now = _now_ms()
-        stmt = sa.delete(kv).where(kv.c.key == key).returning(kv.c.expires_at)
+        stmt = sa.delete(kv).where(*where).returning(kv.c.expires_at)
 
         async def tx(conn: AsyncConnection) -> bool:
             row = (await conn.execute(stmt)).first()

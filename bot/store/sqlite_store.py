@@ -53,6 +53,7 @@ _ADD = (
     "WHERE bot_kv.expires_at IS NOT NULL AND bot_kv.expires_at <= ? RETURNING key"
 )
 _DELETE = "DELETE FROM bot_kv WHERE key = ? RETURNING expires_at"
+_DELETE_IF = "DELETE FROM bot_kv WHERE key = ? AND value = ? RETURNING expires_at"
 _INCR = (
     "INSERT INTO bot_kv (key, value, expires_at) VALUES (?, '1', ?) ON CONFLICT (key) "
     "DO UPDATE SET "
@@ -191,6 +192,14 @@ class SqliteStore(OpStore):
     def _op_delete(key: str) -> tuple[_Op, bool, str | None]:
         def op(cur: sqlite3.Cursor, now: int) -> bool:
             row = cur.execute(_DELETE, (key,)).fetchone()
+            return row is not None and (row[0] is None or row[0] > now)
+
+        return op, True, key
+
+    @staticmethod
+    def _op_delete_if(key: str, value: str) -> tuple[_Op, bool, str | None]:
+        def op(cur: sqlite3.Cursor, now: int) -> bool:
+            row = cur.execute(_DELETE_IF, (key, value)).fetchone()
             return row is not None and (row[0] is None or row[0] > now)
 
         return op, True, key

@@ -103,6 +103,57 @@ async def test_add_is_atomic_across_processes(store: Store, store_url: str) -> N
         assert sum(out[i] == "1" for out in outputs) == 1
 
 
+async def test_delete_if_deletes_only_a_key_holding_the_value(store: Store) -> None:
+    """An in-flight lease whose round trip failed is freed by its token: never a slot that
+    another request holds by now."""
+    slot = "inflight:tg:1:0"
+    assert await store.delete_if(slot, "mine") is False
+    await store.set(slot, "theirs", ttl=60)
+    assert await store.delete_if(slot, "mine") is False
+    assert await store.get(slot) == "theirs"
+    assert await store.delete_if(slot, "theirs") is True
+    assert await store.get(slot) is None
+    assert await store.delete_if(slot, "theirs") is False
+    # In a batch like the other ops, in order, each with its own answer.
+    assert await store.batch(
+        [
+            ("add", slot, "t1", 60),
+            ("delete_if", slot, "t2"),
+            ("get", slot),
+            ("delete_if", slot, "t1"),
+            ("add", slot, "t3", 60),
+        ]
+    ) == [True, False, "t1", True, True]
+    assert await store.get(slot) == "t3"
+    # An expired key reads as absent here too (and takes a new value as usual).
+    await store.set("gone", "t4", ttl=TTL)
+    await asyncio.sleep(TTL + 0.2)
+    assert await store.delete_if("gone", "t4") is False
+    assert await store.add("gone", "t5", ttl=60) is True
+    assert await store.delete_if("gone", "t4") is False
+    assert await store.get("gone") == "t5"
+
+
+async def test_concurrent_delete_if_has_exactly_one_winner(store_url: str) -> None:
+    """Several connections free the same slot with the right token: one deletes it, and a
+    slot taken again meanwhile by another token is never deleted."""
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        for round_ in range(3):
+            slot = f"inflight:race:{round_}"
+            await stores[0].set(slot, "mine", ttl=60)
+            calls = [s.delete_if(slot, "mine") for s in stores * 4]
+            calls += [s.add(slot, "theirs", ttl=60) for s in stores]
+            results = await asyncio.gather(*calls)
+            assert sum(results[:12]) == 1
+            value = await stores[0].get(slot)
+            assert value == ("theirs" if any(results[12:]) else None)
+            assert sum(results[12:]) <= 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_incr_counts_and_starts_again_after_expiry(store: Store) -> None:
     """Rate limits: a counter per window, fresh once the window has passed."""
     assert [await store.incr("rate:tg:1", ttl=TTL) for _ in range(3)] == [1, 2, 3]

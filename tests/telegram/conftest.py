@@ -114,6 +114,12 @@ class MemoryStore:
     async def delete(self, key: str) -> bool:
         return self.data.pop(key, None) is not None
 
+    async def delete_if(self, key: str, value: str) -> bool:
+        if self.data.get(key) != value:
+            return False
+        del self.data[key]
+        return True
+
     async def incr(self, key: str, ttl: float | None = None) -> int:
         self.data[key] = str(int(self.data.get(key, "0")) + 1)
         return int(self.data[key])
