@@ -1,12 +1,14 @@
-"""A small WeChat Pay stand-in on loopback: the order APIs (v2 XML, v3 JSON) and the keys.
+"""A small WeChat Pay stand-in on loopback: create, query and close orders (v2 XML, v3 JSON).
 
-It checks what the real service checks on an order (v2: the API-key signature; v3: the
-merchant's RSA signature in the Authorization header) and answers with a code_url or a
-prepay_id. Tests use `notify_v2` / `notify_v3` to build notifications the way WeChat Pay does.
+It checks what the real service checks on a call (v2: the API-key signature; v3: the
+merchant's RSA signature in the Authorization header) and signs its answers as WeChat Pay does
+(v2: `sign` with the API key; v3: Wechatpay-* headers with the platform key), or misbehaves on
+request. Tests use `notify_v2` / `notify_v3` to build notifications the way WeChat Pay does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -78,44 +80,206 @@ class Keys:
         return self_signed_cert(self.platform)
 
 
-class FakeWeChatPay:
-    """The order endpoints; `orders` records what the bot asked for."""
+@dataclass
+class Trade:
+    """One order as the stand-in WeChat Pay holds it."""
 
-    def __init__(self, keys: Keys) -> None:
+    out_trade_no: str
+    fen: int
+    trade_type: str
+    state: str = "NOTPAY"  # NOTPAY -> SUCCESS (pay) or CLOSED (close)
+    transaction_id: str = ""
+
+
+FAULTS = {"500", "429", "timeout", "badsig", "unsigned", "stale", "amount", "mchid", "appid"}
+
+
+class FakeWeChatPay:
+    """The order, query and close endpoints of both API versions, answering signed.
+
+    `orders` records what the bot asked to create, `trades` what each order has become, and
+    `calls` every (what, out_trade_no) it was asked: "order", "query", "close". `pay(no)` plays
+    the user paying. `misbehave(on, *faults)` makes the next calls to "order", "query" or
+    "close" misbehave, one fault per call: "500", "429", "timeout" (answers after `delay`
+    seconds), "badsig" (signed with a key that is not ours), "unsigned", "stale" (v3: a
+    timestamp 10 minutes old), or, on a query, a SUCCESS answer with a wrong "amount",
+    "mchid" or "appid".
+    """
+
+    def __init__(self, keys: Keys, *, delay: float = 2.0) -> None:
         self.keys = keys
+        self.delay = delay
         self.orders: list[dict[str, Any]] = []
+        self.trades: dict[str, Trade] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.faults: dict[str, list[str]] = {"order": [], "query": [], "close": []}
+        self._stranger = rsa_key()
         self.app = web.Application()
         self.app.router.add_post("/pay/unifiedorder", self.unifiedorder)
+        self.app.router.add_post("/pay/orderquery", self.orderquery)
+        self.app.router.add_post("/pay/closeorder", self.closeorder)
+        self.app.router.add_get("/v3/pay/transactions/out-trade-no/{no}", self.query_v3)
+        self.app.router.add_post("/v3/pay/transactions/out-trade-no/{no}/close", self.close_v3)
         self.app.router.add_post("/v3/pay/transactions/{kind}", self.transactions)
 
-    async def unifiedorder(self, request: web.Request) -> web.Response:
+    # -- the test's hands --
+
+    def pay(self, out_trade_no: str) -> Trade:
+        """The user pays the order (WeChat Pay's side only: no notification is sent)."""
+        trade = self.trades[out_trade_no]
+        trade.state = "SUCCESS"
+        trade.transaction_id = "4200" + secrets.token_hex(12)
+        return trade
+
+    def misbehave(self, on: str, *faults: str) -> None:
+        assert on in self.faults and set(faults) <= FAULTS, (on, faults)
+        self.faults[on].extend(faults)
+
+    def asked(self, what: str) -> list[str]:
+        """The orders asked about with `what` ("order", "query", "close"), in order."""
+        return [no for w, no in self.calls if w == what]
+
+    async def _fault(self, on: str) -> str | None:
+        fault = self.faults[on].pop(0) if self.faults[on] else None
+        if fault == "timeout":
+            await asyncio.sleep(self.delay)
+        return fault
+
+    # -- v2 --
+
+    def _v2_answer(self, answer: dict[str, Any], sign_type: str, fault: str | None) -> web.Response:
+        if fault in ("500", "429"):
+            return web.Response(status=int(fault), text="busy")
+        answer = {**answer, "nonce_str": secrets.token_hex(8)}
+        if fault != "unsigned":
+            key = "x" * 32 if fault == "badsig" else API_KEY
+            answer["sign"] = sign_v2(answer, key, sign_type)
+        return web.Response(body=to_xml(answer), content_type="text/xml")
+
+    async def _v2_request(self, request: web.Request) -> dict[str, str] | None:
         data = from_xml(await request.read())
+        if data.get("sign") != sign_v2(data, API_KEY, data.get("sign_type", "MD5")):
+            return None
+        return data
+
+    @staticmethod
+    def _v2_refused() -> web.Response:
+        answer = {"return_code": "FAIL", "return_msg": "签名错误"}
+        return web.Response(body=to_xml(answer), content_type="text/xml")
+
+    async def unifiedorder(self, request: web.Request) -> web.Response:
+        data = await self._v2_request(request)
+        if data is None:
+            return self._v2_refused()
         sign_type = data.get("sign_type", "MD5")
-        if data.get("sign") != sign_v2(data, API_KEY, sign_type):
-            answer = {"return_code": "FAIL", "return_msg": "签名错误"}
-            return web.Response(body=to_xml(answer), content_type="text/xml")
         self.orders.append(data)
+        otn = data["out_trade_no"]
+        self.calls.append(("order", otn))
+        self.trades[otn] = Trade(otn, int(data["total_fee"]), data["trade_type"])
         answer = {
             "return_code": "SUCCESS",
             "result_code": "SUCCESS",
             "appid": data["appid"],
             "mch_id": data["mch_id"],
-            "nonce_str": secrets.token_hex(8),
             "trade_type": data["trade_type"],
             "prepay_id": "wx" + secrets.token_hex(14),
             "sign_type": sign_type,
         }
         if data["trade_type"] == "NATIVE":
             answer["code_url"] = "weixin://wxpay/bizpayurl?pr=" + secrets.token_hex(4)
-        answer["sign"] = sign_v2(answer, API_KEY, sign_type)
-        return web.Response(body=to_xml(answer), content_type="text/xml")
+        return self._v2_answer(answer, sign_type, await self._fault("order"))
 
-    async def transactions(self, request: web.Request) -> web.Response:
+    async def orderquery(self, request: web.Request) -> web.Response:
+        data = await self._v2_request(request)
+        if data is None:
+            return self._v2_refused()
+        otn = data.get("out_trade_no", "")
+        self.calls.append(("query", otn))
+        fault = await self._fault("query")
+        answer: dict[str, Any] = {
+            "return_code": "SUCCESS",
+            "appid": APPID,
+            "mch_id": MCHID,
+        }
+        trade = self.trades.get(otn)
+        if trade is None:
+            answer.update(result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="订单不存在")
+            return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
+        answer.update(
+            result_code="SUCCESS",
+            out_trade_no=otn,
+            trade_type=trade.trade_type,
+            trade_state=trade.state,
+            trade_state_desc=trade.state,
+        )
+        if trade.state == "SUCCESS" or fault in ("amount", "mchid", "appid"):
+            answer.update(
+                trade_state="SUCCESS",
+                total_fee=trade.fen * (100 if fault == "amount" else 1),
+                cash_fee=trade.fen,
+                fee_type="CNY",
+                transaction_id=trade.transaction_id or "4200" + secrets.token_hex(12),
+                time_end=time.strftime("%Y%m%d%H%M%S"),
+            )
+            if fault == "mchid":
+                answer["mch_id"] = "1900000999"
+            if fault == "appid":
+                answer["appid"] = "wx0000000000000000"
+        return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
+
+    async def closeorder(self, request: web.Request) -> web.Response:
+        data = await self._v2_request(request)
+        if data is None:
+            return self._v2_refused()
+        otn = data.get("out_trade_no", "")
+        self.calls.append(("close", otn))
+        fault = await self._fault("close")
+        answer: dict[str, Any] = {"return_code": "SUCCESS", "appid": APPID, "mch_id": MCHID}
+        trade = self.trades.get(otn)
+        if trade is None:
+            answer.update(result_code="FAIL", err_code="ORDERNOTEXIST")
+        elif trade.state == "SUCCESS":
+            answer.update(result_code="FAIL", err_code="ORDERPAID", err_code_des="订单已支付")
+        else:
+            if fault is None:
+                trade.state = "CLOSED"
+            answer["result_code"] = "SUCCESS"
+        return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
+
+    # -- v3 --
+
+    def _v3_answer(
+        self, status: int, data: dict[str, Any] | None, fault: str | None = None
+    ) -> web.Response:
+        """An answer signed as WeChat Pay signs them (or not, as `fault` says)."""
+        if fault in ("500", "429"):
+            return web.json_response({"code": "SYSTEM_ERROR", "message": "busy"}, status=int(fault))
+        body = "" if data is None else json.dumps(data, ensure_ascii=False)
+        ts = int(time.time()) - (600 if fault == "stale" else 0)
+        nonce = secrets.token_hex(16)
+        signer = self._stranger if fault == "badsig" else self.keys.platform
+        headers = {}
+        if fault != "unsigned":
+            headers = {
+                "Wechatpay-Timestamp": str(ts),
+                "Wechatpay-Nonce": nonce,
+                "Wechatpay-Signature": rsa_sign(signer, f"{ts}\n{nonce}\n{body}\n"),
+                "Wechatpay-Serial": self.keys.serial,
+            }
+        if data is None:
+            return web.Response(status=status, headers=headers)
+        return web.Response(
+            status=status, body=body.encode(), content_type="application/json", headers=headers
+        )
+
+    async def _v3_request(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """The request's body, and an error answer if the merchant's signature is wrong."""
         body = await request.text()
         auth = request.headers.get("Authorization", "")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', auth))
         message = (
-            f"POST\n{request.path}\n{fields.get('timestamp')}\n{fields.get('nonce_str')}\n{body}\n"
+            f"{request.method}\n{request.path_qs}\n{fields.get('timestamp')}\n"
+            f"{fields.get('nonce_str')}\n{body}\n"
         )
         try:
             self.keys.merchant.public_key().verify(
@@ -125,19 +289,92 @@ class FakeWeChatPay:
                 hashes.SHA256(),
             )
         except Exception:
-            return web.json_response({"code": "SIGN_ERROR", "message": "bad signature"}, status=401)
+            return body, web.json_response(
+                {"code": "SIGN_ERROR", "message": "bad signature"}, status=401
+            )
         if (
             not auth.startswith("WECHATPAY2-SHA256-RSA2048 ")
             or fields.get("serial_no") != self.keys.serial
         ):
-            return web.json_response({"code": "SIGN_ERROR", "message": "bad serial"}, status=401)
+            return body, web.json_response(
+                {"code": "SIGN_ERROR", "message": "bad serial"}, status=401
+            )
+        return body, None
+
+    async def transactions(self, request: web.Request) -> web.Response:
+        body, refused = await self._v3_request(request)
+        if refused is not None:
+            return refused
         data = json.loads(body)
         self.orders.append(data)
-        if request.match_info["kind"] == "native":
-            return web.json_response(
-                {"code_url": "weixin://wxpay/bizpayurl?pr=" + secrets.token_hex(4)}
+        otn = data["out_trade_no"]
+        kind = request.match_info["kind"]
+        self.calls.append(("order", otn))
+        self.trades[otn] = Trade(otn, int(data["amount"]["total"]), kind.upper())
+        fault = await self._fault("order")
+        if kind == "native":
+            answer = {"code_url": "weixin://wxpay/bizpayurl?pr=" + secrets.token_hex(4)}
+        else:
+            answer = {"prepay_id": "wx" + secrets.token_hex(14)}
+        return self._v3_answer(200, answer, fault)
+
+    async def query_v3(self, request: web.Request) -> web.Response:
+        _, refused = await self._v3_request(request)
+        if refused is not None:
+            return refused
+        otn = request.match_info["no"]
+        self.calls.append(("query", otn))
+        fault = await self._fault("query")
+        if request.query.get("mchid") != MCHID:
+            return self._v3_answer(400, {"code": "PARAM_ERROR", "message": "mchid"}, fault)
+        trade = self.trades.get(otn)
+        if trade is None:
+            return self._v3_answer(404, {"code": "ORDER_NOT_EXIST", "message": "无"}, fault)
+        answer: dict[str, Any] = {
+            "appid": APPID,
+            "mchid": MCHID,
+            "out_trade_no": otn,
+            "trade_type": trade.trade_type,
+            "trade_state": trade.state,
+            "trade_state_desc": trade.state,
+            "amount": {"payer_currency": "CNY"},
+        }
+        if trade.state == "SUCCESS" or fault in ("amount", "mchid", "appid"):
+            total = trade.fen * (100 if fault == "amount" else 1)
+            answer.update(
+                trade_state="SUCCESS",
+                transaction_id=trade.transaction_id or "4200" + secrets.token_hex(12),
+                success_time=datetime.now(UTC).isoformat(timespec="seconds"),
+                amount={
+                    "total": total,
+                    "payer_total": total,
+                    "currency": "CNY",
+                    "payer_currency": "CNY",
+                },
             )
-        return web.json_response({"prepay_id": "wx" + secrets.token_hex(14)})
+            if fault == "mchid":
+                answer["mchid"] = "1900000999"
+            if fault == "appid":
+                answer["appid"] = "wx0000000000000000"
+        return self._v3_answer(200, answer, fault)
+
+    async def close_v3(self, request: web.Request) -> web.Response:
+        body, refused = await self._v3_request(request)
+        if refused is not None:
+            return refused
+        otn = request.match_info["no"]
+        self.calls.append(("close", otn))
+        fault = await self._fault("close")
+        if json.loads(body or "{}").get("mchid") != MCHID:
+            return self._v3_answer(400, {"code": "PARAM_ERROR", "message": "mchid"}, fault)
+        trade = self.trades.get(otn)
+        if trade is None:
+            return self._v3_answer(404, {"code": "ORDER_NOT_EXIST", "message": "无"}, fault)
+        if trade.state == "SUCCESS":
+            return self._v3_answer(400, {"code": "ORDERPAID", "message": "已支付"}, fault)
+        if fault is None:
+            trade.state = "CLOSED"
+        return self._v3_answer(204, None, fault)
 
 
 def notify_v2(
