@@ -1,7 +1,9 @@
 """The WeChat Pay notification endpoint on the bot's aiohttp app.
 
 `install(core, settings, app)` adds `POST settings.wechatpay_notify_path` and returns a front
-end whose `start()` runs the sweeper that expires unpaid orders. The order logic and the
+end whose `start()` runs the sweeper: every minute it reconciles open orders with WeChat Pay
+(`WeChatPay.reconcile`: a paid order whose notification was lost is credited, an unpaid one is
+closed and expired at its deadline). The order logic and the
 signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
 SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
 
@@ -33,7 +35,7 @@ SWEEP_SECONDS = 60
 
 
 class WeChatPayFrontEnd:
-    """Holds the service; start/stop run the expiry sweeper."""
+    """Holds the service; start/stop run the reconciliation sweeper."""
 
     def __init__(self, pay: WeChatPay, sweep_seconds: float = SWEEP_SECONDS) -> None:
         self.pay = pay
@@ -41,7 +43,7 @@ class WeChatPayFrontEnd:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep(), name="wechatpay-expiry")
+        self._task = asyncio.create_task(self._sweep(), name="wechatpay-reconcile")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -54,11 +56,18 @@ class WeChatPayFrontEnd:
     async def _sweep(self) -> None:
         while True:
             try:
-                expired = await self.pay.expire_orders()
-                if expired:
-                    log.info("wechatpay orders expired", extra={"count": expired})
+                sweep = await self.pay.reconcile()
+                if sweep.credited or sweep.expired or sweep.failed:
+                    log.info(
+                        "wechatpay orders reconciled",
+                        extra={
+                            "credited": sweep.credited,
+                            "expired": sweep.expired,
+                            "failed": sweep.failed,
+                        },
+                    )
             except Exception:
-                log.exception("wechatpay expiry sweep failed")
+                log.exception("wechatpay reconciliation sweep failed")
             await asyncio.sleep(self.sweep_seconds)
 
 

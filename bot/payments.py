@@ -17,6 +17,17 @@ Unpaid orders expire after `order_ttl` seconds: the order carries `time_expire`,
 itself refuses a late payment. A payment that WeChat Pay confirms for an order we have already
 marked expired was accepted before the deadline and is credited.
 
+A notification can be lost (the bot down past WeChat Pay's retries, the network, a wrong notify
+URL), so `reconcile` asks WeChat Pay about open orders itself: once an order is a minute old,
+then as it ages, and always before it is marked expired. A SUCCESS answer goes through the same
+checks and the same idempotent credit as a notification; an unpaid order is closed at WeChat Pay
+before it is marked expired, so it cannot be paid afterwards. An answer that fails (network,
+5xx, 429) or does not verify changes nothing: the next pass asks again.
+
+Every API answer we act on is verified: v3 by the platform key's RSA-SHA256 signature over
+"timestamp\nnonce\nbody\n" (timestamps more than 5 minutes off refused), v2 by its `sign` with
+the API key, after return_code SUCCESS.
+
 No wechatpy here (the bot wing stays platform-free): signing is hashlib/hmac and cryptography.
 """
 
@@ -36,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import httpx
@@ -58,7 +70,10 @@ CreditFn = Callable[..., Awaitable[Any]]
 
 
 class PaymentError(Exception):
-    """Creating an order failed (WeChat Pay refused or could not be reached)."""
+    """A WeChat Pay API call failed: refused, unreachable, busy, or an answer that does not verify.
+
+    The message is safe to log and show an operator (no keys, no signatures).
+    """
 
 
 class NotifyRejected(Exception):
@@ -151,6 +166,41 @@ class NotifyAnswer:
     body: bytes
     content_type: str
     credited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TradeState:
+    """WeChat Pay's verified answer to an order query.
+
+    `state` is WeChat Pay's trade_state (SUCCESS, NOTPAY, CLOSED, REVOKED, USERPAYING,
+    PAYERROR, REFUND) or NOT_FOUND when WeChat Pay has no such order; the other fields are as
+    WeChat Pay reported them, for `_settle` to check against our order.
+    """
+
+    out_trade_no: str
+    state: str
+    fen: Any = ""
+    currency: str = ""
+    mchid: str = ""
+    appid: str = ""
+    transaction_id: str = ""
+    description: str = ""
+
+
+@dataclass(slots=True)
+class Sweep:
+    """What one `reconcile` pass did (counts, for the log)."""
+
+    credited: int = 0
+    expired: int = 0
+    failed: int = 0  # queries or closes that failed, or answers that did not match: ask again
+
+
+# A pending order is first asked about at QUERY_AFTER seconds old, then again after a quarter
+# of its age has passed (at least QUERY_GAP_MIN, at most QUERY_GAP_MAX), and always at expiry.
+QUERY_AFTER = 60
+QUERY_GAP_MIN = 60
+QUERY_GAP_MAX = 180
 
 
 # --- v2 signing and XML ------------------------------------------------------------------
@@ -361,6 +411,7 @@ class WeChatPay:
         self._platform_key = (
             load_public_key(config.platform_cert_pem) if config.platform_cert_pem else None
         )
+        self._asked: dict[str, datetime] = {}  # order -> when reconcile last asked about it
 
     async def close(self) -> None:
         if self._own_http:
@@ -448,26 +499,14 @@ class WeChatPay:
             params["product_id"] = order.out_trade_no
         else:
             params["openid"] = order.openid
-        params["sign"] = sign_v2(params, cfg.api_key, cfg.sign_type)
-        try:
-            resp = await self._http.post(
-                f"{cfg.api_base}/pay/unifiedorder",
-                content=to_xml(params),
-                headers={"Content-Type": "text/xml"},
-            )
-        except httpx.HTTPError as exc:
-            raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}") from exc
-        try:
-            data = from_xml(resp.content)
-        except NotifyRejected as exc:
-            raise PaymentError("WeChat Pay answered something that is not XML") from exc
-        if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
-            reason = data.get("err_code_des") or data.get("return_msg") or "refused"
+        data = await self._v2("/pay/unifiedorder", params)
+        if data.get("result_code") != "SUCCESS":
+            reason = data.get("err_code_des") or data.get("err_code") or "refused"
             raise PaymentError(f"WeChat Pay refused the order: {reason}")
-        if data.get("sign") != sign_v2(data, cfg.api_key, data.get("sign_type", cfg.sign_type)):
-            raise PaymentError("WeChat Pay's answer is not signed with our key")
-        order.prepay_id = data.get("prepay_id")
-        order.code_url = data.get("code_url")
+        order.prepay_id = data.get("prepay_id") or None
+        order.code_url = data.get("code_url") or None
+        if not (order.code_url if order.trade_type == "NATIVE" else order.prepay_id):
+            raise PaymentError("WeChat Pay's answer has no code_url or prepay_id")
 
     async def _create_v3(self, order: Order, description: str, expires: datetime) -> None:
         cfg = self.config
@@ -483,36 +522,172 @@ class WeChatPay:
         }
         if order.trade_type == "JSAPI":
             payload["payer"] = {"openid": order.openid}
-        body = json.dumps(payload, separators=(",", ":"))
-        ts, nonce = str(int(time.time())), secrets.token_hex(16)
-        assert cfg.private_key_pem is not None
-        signature = sign_v3(cfg.private_key_pem, f"POST\n{path}\n{ts}\n{nonce}\n{body}\n")
-        auth = (
-            f'WECHATPAY2-SHA256-RSA2048 mchid="{cfg.mchid}",nonce_str="{nonce}",'
-            f'signature="{signature}",timestamp="{ts}",serial_no="{cfg.cert_serial}"'
-        )
+        status, data = await self._v3("POST", path, payload)
+        if status != 200:
+            raise PaymentError(f"WeChat Pay refused the order: {data.get('code') or status}")
+        order.prepay_id = str(data.get("prepay_id") or "") or None
+        order.code_url = str(data.get("code_url") or "") or None
+        if not (order.code_url if order.trade_type == "NATIVE" else order.prepay_id):
+            raise PaymentError("WeChat Pay's answer has no code_url or prepay_id")
+
+    # -- the API, signed both ways --
+
+    async def _v2(self, path: str, params: dict[str, Any]) -> dict[str, str]:
+        """One signed v2 call; the fields of an answer that says return_code SUCCESS and whose
+        `sign` verifies with our API key (result_code is the caller's to read)."""
+        cfg = self.config
+        params = {**params, "sign_type": cfg.sign_type}
+        params["sign"] = sign_v2(params, cfg.api_key, cfg.sign_type)
         try:
             resp = await self._http.post(
-                cfg.api_base + path,
-                content=body.encode(),
-                headers={
-                    "Authorization": auth,
-                    "Content-Type": "application/json",
-                    "Accept": "application/json",
-                },
+                cfg.api_base + path, content=to_xml(params), headers={"Content-Type": "text/xml"}
             )
         except httpx.HTTPError as exc:
             raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}") from exc
+        if resp.status_code != 200:
+            raise PaymentError(f"WeChat Pay answered HTTP {resp.status_code}")
+        try:
+            data = from_xml(resp.content)
+        except NotifyRejected as exc:
+            raise PaymentError("WeChat Pay answered something that is not XML") from exc
+        if data.get("return_code") != "SUCCESS":
+            raise PaymentError(f"WeChat Pay refused the call: {data.get('return_msg') or 'FAIL'}")
+        # Signed with the sign type we asked with: an answer cannot pick a weaker one.
+        expected = sign_v2(data, cfg.api_key, cfg.sign_type)
+        if not hmac.compare_digest(expected, data.get("sign", "")):
+            raise PaymentError("WeChat Pay's answer is not signed with our key")
+        return data
+
+    async def _v3(
+        self, method: str, path: str, payload: Mapping[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One signed v3 call; the status and JSON of an answer whose platform signature verifies.
+
+        429 and 5xx are failures whatever they carry; any other answer must be signed.
+        """
+        cfg = self.config
+        if cfg.private_key_pem is None:
+            raise PaymentError("API v3 needs the merchant private key")
+        body = "" if payload is None else json.dumps(payload, separators=(",", ":"))
+        ts, nonce = str(int(time.time())), secrets.token_hex(16)
+        signature = sign_v3(cfg.private_key_pem, f"{method}\n{path}\n{ts}\n{nonce}\n{body}\n")
+        headers = {
+            "Authorization": (
+                f'WECHATPAY2-SHA256-RSA2048 mchid="{cfg.mchid}",nonce_str="{nonce}",'
+                f'signature="{signature}",timestamp="{ts}",serial_no="{cfg.cert_serial}"'
+            ),
+            "Accept": "application/json",
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = await self._http.request(
+                method, cfg.api_base + path, content=body.encode() or None, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}") from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise PaymentError(f"WeChat Pay answered HTTP {resp.status_code}")
+        self._verify_answer(resp)
+        if not resp.content:
+            return resp.status_code, {}
         try:
             data = resp.json()
-        except ValueError:
-            data = {}
-        if resp.status_code >= 300:
-            raise PaymentError(
-                f"WeChat Pay refused the order: {data.get('message', resp.status_code)}"
+        except ValueError as exc:
+            raise PaymentError("WeChat Pay answered something that is not JSON") from exc
+        if not isinstance(data, dict):
+            raise PaymentError("WeChat Pay answered something that is not a JSON object")
+        return resp.status_code, data
+
+    def _verify_answer(self, resp: httpx.Response) -> None:
+        """A v3 answer's Wechatpay-Signature over "timestamp\nnonce\nbody\n", as notifications."""
+        if self._platform_key is None:
+            raise PaymentError("no platform certificate to verify WeChat Pay's answer")
+        ts = resp.headers.get("wechatpay-timestamp", "")
+        nonce = resp.headers.get("wechatpay-nonce", "")
+        signature = resp.headers.get("wechatpay-signature", "")
+        if not (ts and nonce and signature and resp.headers.get("wechatpay-serial")):
+            raise PaymentError(f"WeChat Pay's answer (HTTP {resp.status_code}) is not signed")
+        if not ts.isdigit() or abs(time.time() - int(ts)) > V3_MAX_SKEW_SECONDS:
+            raise PaymentError("WeChat Pay's answer has a timestamp too far off")
+        message = f"{ts}\n{nonce}\n{resp.content.decode('utf-8', 'replace')}\n"
+        if not verify_v3(self._platform_key, message, signature):
+            raise PaymentError("WeChat Pay's answer does not carry the platform's signature")
+
+    async def query_order(self, out_trade_no: str) -> TradeState:
+        """Ask WeChat Pay what became of an order; PaymentError if the answer cannot be had
+        or trusted (then nothing may be concluded from it)."""
+        cfg = self.config
+        if cfg.v3:
+            path = (
+                f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
+                f"?mchid={quote(cfg.mchid, safe='')}"
             )
-        order.prepay_id = data.get("prepay_id")
-        order.code_url = data.get("code_url")
+            status, data = await self._v3("GET", path)
+            if status == 404 and data.get("code") == "ORDER_NOT_EXIST":
+                return TradeState(out_trade_no, "NOT_FOUND")
+            if status != 200:
+                raise PaymentError(f"WeChat Pay refused the query: {data.get('code') or status}")
+            amount = data.get("amount") or {}
+            state = TradeState(
+                out_trade_no=str(data.get("out_trade_no", "")),
+                state=str(data.get("trade_state", "")),
+                fen=amount.get("total", "") if isinstance(amount, dict) else "",
+                currency=str(amount.get("currency", "")) if isinstance(amount, dict) else "",
+                mchid=str(data.get("mchid", "")),
+                appid=str(data.get("appid", "")),
+                transaction_id=str(data.get("transaction_id", "")),
+                description=str(data.get("trade_state_desc", "")),
+            )
+        else:
+            params = {
+                "appid": cfg.appid,
+                "mch_id": cfg.mchid,
+                "out_trade_no": out_trade_no,
+                "nonce_str": secrets.token_hex(16),
+            }
+            data = await self._v2("/pay/orderquery", params)
+            if data.get("result_code") != "SUCCESS":
+                if data.get("err_code") == "ORDERNOTEXIST":
+                    return TradeState(out_trade_no, "NOT_FOUND")
+                reason = data.get("err_code") or data.get("err_code_des") or "FAIL"
+                raise PaymentError(f"WeChat Pay refused the query: {reason}")
+            state = TradeState(
+                out_trade_no=data.get("out_trade_no", ""),
+                state=data.get("trade_state", ""),
+                fen=data.get("total_fee", ""),
+                currency=data.get("fee_type") or "CNY",
+                mchid=data.get("mch_id", ""),
+                appid=data.get("appid", ""),
+                transaction_id=data.get("transaction_id", ""),
+                description=data.get("trade_state_desc", ""),
+            )
+        if state.out_trade_no != out_trade_no:
+            raise PaymentError("WeChat Pay's answer is about another order")
+        if not state.state:
+            raise PaymentError("WeChat Pay's answer has no trade_state")
+        return state
+
+    async def close_order(self, out_trade_no: str) -> None:
+        """Close an unpaid order at WeChat Pay so it can no longer be paid; PaymentError if
+        WeChat Pay did not confirm (e.g. it was paid just now)."""
+        cfg = self.config
+        if cfg.v3:
+            path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+            status, data = await self._v3("POST", path, {"mchid": cfg.mchid})
+            if status != 204:
+                raise PaymentError(f"WeChat Pay refused to close: {data.get('code') or status}")
+            return
+        params = {
+            "appid": cfg.appid,
+            "mch_id": cfg.mchid,
+            "out_trade_no": out_trade_no,
+            "nonce_str": secrets.token_hex(16),
+        }
+        data = await self._v2("/pay/closeorder", params)
+        if data.get("result_code") != "SUCCESS" and data.get("err_code") != "ORDERCLOSED":
+            reason = data.get("err_code") or data.get("err_code_des") or "FAIL"
+            raise PaymentError(f"WeChat Pay refused to close: {reason}")
 
     def jsapi_params(self, order: Order) -> dict[str, str]:
         """What the page passes to WeixinJSBridge.invoke('getBrandWCPayRequest', ...)."""
@@ -556,20 +731,111 @@ class WeChatPay:
         )
 
     async def expire_orders(self, now: datetime | None = None) -> int:
-        """Mark unpaid orders past their time as expired; returns how many."""
+        """A `reconcile` pass; returns how many orders it marked expired."""
+        return (await self.reconcile(now)).expired
+
+    async def reconcile(self, now: datetime | None = None) -> Sweep:
+        """Ask WeChat Pay about open orders that are due (see QUERY_AFTER) and act on the answer.
+
+        SUCCESS credits as a notification would (same checks, same key). Past its deadline an
+        order still payable (NOTPAY, PAYERROR) is closed at WeChat Pay, then marked expired;
+        one WeChat Pay has closed or never had is marked expired. Anything else (a failed or
+        unverified query, a failed close, USERPAYING, REFUND, an answer that does not match
+        the order) leaves the order open, uncredited, for the next pass.
+        """
         now = now or _now()
-        count = 0
-        for otn in await self.store.smembers("wxpay:open"):
-            order = await self.get_order(otn)
-            if order is None or order.status == "paid":
-                await self.store.srem("wxpay:open", otn)
-                continue
-            if datetime.fromisoformat(order.expires_at) <= now:
-                order.status = "expired"
-                await self._save(order)
-                await self.store.srem("wxpay:open", otn)
-                count += 1
-        return count
+        sweep = Sweep()
+        for otn in sorted(await self.store.smembers("wxpay:open")):
+            try:
+                await self._reconcile_one(otn, now, sweep)
+            except Exception:  # the store or the wallet failing: the next pass tries again
+                sweep.failed += 1
+                log.exception("wechatpay reconciliation failed", extra={"order": otn})
+        return sweep
+
+    async def _reconcile_one(self, otn: str, now: datetime, sweep: Sweep) -> None:
+        order = await self.get_order(otn)
+        if order is None or order.status != "unpaid":
+            await self.store.srem("wxpay:open", otn)
+            self._asked.pop(otn, None)
+            return
+        past_deadline = datetime.fromisoformat(order.expires_at) <= now
+        if not past_deadline and not self._query_due(order, now):
+            return
+        try:
+            state = await self.query_order(otn)
+        except PaymentError as exc:
+            sweep.failed += 1
+            log.warning("wechatpay order query failed", extra={"order": otn, "reason": str(exc)})
+            return
+        self._asked[otn] = now
+        if state.state == "SUCCESS":
+            try:
+                if await self._settle_state(state):
+                    sweep.credited += 1
+                    log.info("wechatpay order settled by query", extra={"order": otn})
+            except NotifyRejected as exc:
+                sweep.failed += 1
+                log.warning(
+                    "wechatpay query answer does not match the order",
+                    extra={"order": otn, "reason": exc.reason},
+                )
+            return
+        if not past_deadline:
+            return
+        if state.state in ("NOTPAY", "PAYERROR"):
+            try:
+                await self.close_order(otn)
+            except PaymentError as exc:
+                sweep.failed += 1
+                log.warning("wechatpay close failed", extra={"order": otn, "reason": str(exc)})
+                return
+        elif state.state not in ("CLOSED", "REVOKED", "NOT_FOUND"):
+            # USERPAYING (the payer is confirming right now), REFUND, or a state we do not
+            # know: nothing to credit or close on our own; ask again, and the operator can look.
+            log.warning(
+                "wechatpay order past its deadline in state %s", state.state, extra={"order": otn}
+            )
+            return
+        await self._mark_expired(order)
+        sweep.expired += 1
+
+    def _query_due(self, order: Order, now: datetime) -> bool:
+        """Whether a pending order is old enough, and long enough since we last asked."""
+        age = (now - datetime.fromisoformat(order.created_at)).total_seconds()
+        if age < QUERY_AFTER:
+            return False
+        last = self._asked.get(order.out_trade_no)
+        if last is None:
+            return True
+        gap = min(max(age / 4, QUERY_GAP_MIN), QUERY_GAP_MAX)
+        return (now - last).total_seconds() >= gap
+
+    async def _mark_expired(self, order: Order) -> None:
+        if await self.store.get(f"wxpay:paid:{order.out_trade_no}"):
+            return  # a notification credited it while we were asking: it stays paid
+        order.status = "expired"
+        await self._save(order)
+        await self.store.srem("wxpay:open", order.out_trade_no)
+        self._asked.pop(order.out_trade_no, None)
+
+    async def check_order(self, out_trade_no: str) -> tuple[TradeState, bool]:
+        """Query one order and credit it if WeChat Pay says SUCCESS (the operator's `admin
+        order`). Returns WeChat Pay's answer and whether this call credited it; raises
+        PaymentError if the query failed and NotifyRejected if the answer does not match."""
+        state = await self.query_order(out_trade_no)
+        credited = state.state == "SUCCESS" and await self._settle_state(state)
+        return state, credited
+
+    async def _settle_state(self, state: TradeState) -> bool:
+        return await self._settle(
+            out_trade_no=state.out_trade_no,
+            fen=state.fen,
+            currency=state.currency,
+            mchid=state.mchid,
+            appid=state.appid,
+            transaction_id=state.transaction_id,
+        )
 
     # -- notifications --
 
