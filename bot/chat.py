@@ -30,7 +30,7 @@ from bot.conversations import Prompt, TooLong, fit, parse_history
 from bot.events import Event, FinalText, Notice, TextDelta
 from bot.holds import hold_or_void, run_shielded
 from bot.i18n import t
-from bot.limits import Lease
+from bot.limits import Lease, batch_taking
 from bot.providers.errors import (
     ContextLengthExceeded,
     QuotaExceeded,
@@ -39,7 +39,7 @@ from bot.providers.errors import (
     UpstreamError,
 )
 from bot.providers.openai import Usage
-from bot.store.base import Op, batch
+from bot.store.base import Op
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,15 @@ class ChatFlow:
 
         None when the mark was there already (a redelivery; a lease taken is freed). A linked
         identity loses the bet: the lease is freed and the linked account's taken and read in
-        one more round trip. The Opening's lease must reach `run` or `close()`.
+        one more round trip. The Opening's lease must reach `run` or `close()`. A round trip
+        that fails or is cancelled frees the slots it may have taken (`batch_taking`).
         """
         s = self.s
         ident = identity(platform, user_id)
         claim, lease = s.limiter.claim(ident)
         keys = [ident_key(ident), *s.conversations.keys(ident, platform, chat_id)]
-        fresh, won, (linked, chosen, raw) = await batch(
-            s.store, [dedupe, claim, ("get_many", keys)]
+        fresh, won, (linked, chosen, raw) = await batch_taking(
+            s.store, [dedupe, claim, ("get_many", keys)], lease
         )
         if not fresh:  # a redelivery: answered already, or being answered
             if won:
@@ -133,9 +134,10 @@ class ChatFlow:
             taken = lease if won else await s.limiter.acquire_more(account)
             return Opening(account, taken, chosen, raw)
         # Linked: free the slot taken on the identity's own account as the right one is taken.
-        undo = [lease.releasing()] if won else []
         taken, (chosen, raw) = await s.limiter.acquire_and_read(
-            account, s.conversations.keys(account, platform, chat_id), first=undo
+            account,
+            s.conversations.keys(account, platform, chat_id),
+            giving_back=lease if won else None,
         )
         return Opening(account, taken, chosen, raw)
 

@@ -187,7 +187,7 @@ class Core:
             if opening is None:
                 log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
                 return
-            account = opening.account
+            account = opening.account  # no await before the try: its finally frees the lease
         else:
             ident = identity(msg.platform, msg.user_id)
             fresh, linked = await batch(self.kv, [seen, ("get", ident_key(ident))])
