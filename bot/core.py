@@ -170,6 +170,9 @@ class Core:
     ) -> AsyncIterator[Event]:
         """Answer one message. A redelivered message id yields nothing and charges nothing.
 
+        A message that carries a picture is answered with a notice and charges nothing: the
+        picture is not sent to the model, and its caption alone would be answered blind.
+
         The message's dedupe mark goes in the same store round trip as the read of who pays;
         for a chat message, also as the in-flight lease and the reads of the model and the
         history (ChatFlow.open).
@@ -182,7 +185,7 @@ class Core:
             self.settings.dedupe_ttl_seconds,
         )
         opening: Opening | None = None
-        if text and parse_command(text) is None:
+        if text and not msg.images and parse_command(text) is None:
             opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
             if opening is None:
                 log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
@@ -209,6 +212,9 @@ class Core:
                 stop=stop,
                 shows_partial=getattr(msg, "shows_partial", True),
             )
+            if msg.images:  # no model here reads pictures yet: say so rather than answer blind
+                yield Notice(t("images_unsupported", lang))
+                return
             if not req.text:
                 yield Notice(t("empty_message", lang))
                 return

@@ -29,11 +29,30 @@ def message_text(message: TgMessage) -> str:
     return message.text or message.caption or ""
 
 
+def image_ids(message: TgMessage) -> tuple[str, ...]:
+    """The file ids of the pictures a message carries: a photo (its largest size) or an image
+    sent as a file."""
+    if message.photo:
+        return (message.photo[-1].file_id,)
+    doc = message.document
+    if doc is not None and (doc.mime_type or "").startswith("image/"):
+        return (doc.file_id,)
+    return ()
+
+
 async def addressed_text(message: TgMessage, bot: Bot) -> str | None:
-    """The text meant for the bot, without the bot's @name; None if not for the bot."""
+    """The text meant for the bot, without the bot's @name; None if not for the bot.
+
+    A picture without a caption is "" in a private chat or as a reply to the bot, so the core
+    can say it does not read pictures instead of leaving the user with silence.
+    """
     text = message_text(message)
-    if not text or message.from_user is None or message.from_user.is_bot:
+    if message.from_user is None or message.from_user.is_bot:
         return None
+    if not text:
+        if not image_ids(message):
+            return None
+        return "" if is_private(message) or _replies_to_bot(message, (await bot.me()).id) else None
     me = await bot.me()
     username = (me.username or "").lower()
     command = _COMMAND.match(text)
@@ -52,14 +71,18 @@ async def addressed_text(message: TgMessage, bot: Bot) -> str | None:
                 mentioned = True
         elif entity.type == "text_mention" and entity.user and entity.user.id == me.id:
             mentioned = True
-    replied = message.reply_to_message
-    if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
+    if _replies_to_bot(message, me.id):
         mentioned = True
     if not mentioned:
         return None
     if username:
         text = re.sub(rf"@{re.escape(username)}\b", "", text, flags=re.IGNORECASE)
     return re.sub(r"[ \t]{2,}", " ", text).strip() or None
+
+
+def _replies_to_bot(message: TgMessage, bot_id: int) -> bool:
+    replied = message.reply_to_message
+    return replied is not None and replied.from_user is not None and replied.from_user.id == bot_id
 
 
 class ForBot(Filter):
@@ -88,6 +111,7 @@ def to_core(message: TgMessage, text: str) -> Message:
         chat_id=str(message.chat.id),
         message_id=f"{message.chat.id}:{message.message_id}",
         text=text,
+        images=image_ids(message),
         language=user.language_code,
         user_name=name,
         is_private=is_private(message),

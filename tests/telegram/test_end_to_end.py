@@ -222,3 +222,24 @@ async def test_topup_code_goes_to_the_core(real, fake_api) -> None:
     assert not fake_api.calls_to("sendInvoice")
     [answer] = fake_api.texts(u.ALICE)
     assert "code" in answer.lower()
+
+
+async def test_a_photo_is_answered_with_a_notice_and_costs_nothing(real, fake_api) -> None:
+    fe = real
+    await fund(fe.core, u.ALICE, 100)
+    before = await available(fe.core, u.ALICE)
+    await fe.dp.feed_raw_update(fe.bot, u.photo())  # no caption: still answered, not ignored
+    await fe.dp.feed_raw_update(fe.bot, u.photo("What is in this picture?"))
+    answers = fake_api.texts(u.ALICE)
+    assert len(answers) == 2 and all("can't see pictures" in a for a in answers)
+    assert not fake_api.calls_to("sendMessageDraft")  # nothing was streamed from the model
+    assert await available(fe.core, u.ALICE) == before
+
+
+async def test_a_photo_in_a_group_is_answered_only_when_it_is_for_the_bot(real, fake_api) -> None:
+    fe = real
+    await fe.dp.feed_raw_update(fe.bot, u.photo(chat_id=u.GROUP))
+    assert fake_api.texts(u.GROUP) == []
+    await fe.dp.feed_raw_update(fe.bot, u.photo(chat_id=u.GROUP, reply_to_bot=True))
+    [answer] = fake_api.texts(u.GROUP)
+    assert "can't see pictures" in answer

@@ -64,6 +64,20 @@ def message(
     return {"update_id": update_id or next(_update_ids), "message": body}
 
 
+def photo(caption: str = "", **kw: Any) -> dict[str, Any]:
+    """A photo message (two sizes, as Telegram sends them), with `caption` if given."""
+    update = message("", **kw)
+    body = update["message"]
+    del body["text"]
+    body["photo"] = [
+        {"file_id": "small-id", "file_unique_id": "s1", "width": 90, "height": 90},
+        {"file_id": "large-id", "file_unique_id": "l1", "width": 1280, "height": 1280},
+    ]
+    if caption:
+        body["caption"] = caption
+    return update
+
+
 def callback(
     data: str,
     *,

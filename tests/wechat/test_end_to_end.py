@@ -18,7 +18,7 @@ from bot.settings import Settings
 from bot.simulator import Simulator, start_simulator
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot, new_aes_key
 from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import event_xml, next_msg_id, text_xml, wait_for
+from tests.wechat.wechat_client import event_xml, image_xml, next_msg_id, text_xml, wait_for
 
 _keys = itertools.count(1)
 SLOW = 2.0  # "[[fault:slow]]": the simulated model pauses this long after its first words
@@ -203,3 +203,16 @@ async def test_subscribe_grants_the_trial_once(start_bot: StartBot, make_core: M
     account = await core.account_of("wechat", "o-e2e-new")
     grants = [e for e in await core.wallet.entries(account) if e.kind == CREDIT]
     assert [g.amount for g in grants] == [20_000]
+
+
+async def test_a_picture_gets_the_notice_in_chinese_and_costs_nothing(
+    start_bot: StartBot, make_core: MakeCore
+) -> None:
+    core = await make_core()
+    account = await fund(core, "o-e2e-pic")
+    bot = await start_bot(core, mode="passive")
+    reply = await bot.wechat.post(image_xml("o-e2e-pic", next_msg_id()))
+    assert reply is not None and reply.content
+    assert reply.content.startswith("暂不支持识别图片")
+    assert [e.kind for e in await core.wallet.entries(account, limit=50)] == [CREDIT]
+    assert (await core.wallet.balance(account)).held == 0

@@ -35,6 +35,17 @@ def text_xml(openid: str, content: str, msg_id: int, account: str = "gh_bot") ->
     )
 
 
+def image_xml(openid: str, msg_id: int, account: str = "gh_bot") -> str:
+    """A picture message, as WeChat forwards one (PicUrl and MediaId)."""
+    return (
+        f"<xml><ToUserName><![CDATA[{account}]]></ToUserName>"
+        f"<FromUserName><![CDATA[{openid}]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[image]]></MsgType>"
+        f"<PicUrl><![CDATA[http://mmbiz.example/pic{msg_id}]]></PicUrl>"
+        f"<MediaId><![CDATA[media{msg_id}]]></MediaId><MsgId>{msg_id}</MsgId></xml>"
+    )
+
+
 def event_xml(openid: str, event: str, create_time: int, account: str = "gh_bot") -> str:
     return (
         f"<xml><ToUserName><![CDATA[{account}]]></ToUserName>"
