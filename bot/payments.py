@@ -812,8 +812,8 @@ class WeChatPay:
         return (now - last).total_seconds() >= gap
 
     async def _mark_expired(self, order: Order) -> None:
-        if await self.store.get(f"wxpay:paid:{order.out_trade_no}"):
-            return  # a notification credited it while we were asking: it stays paid
+        # WeChat Pay said it cannot be paid, so no notification can make it "paid" now (and
+        # get_order would read the paid marker first anyway).
         order.status = "expired"
         await self._save(order)
         await self.store.srem("wxpay:open", order.out_trade_no)

@@ -91,7 +91,10 @@ class Trade:
     transaction_id: str = ""
 
 
-FAULTS = {"500", "429", "timeout", "badsig", "unsigned", "stale", "amount", "mchid", "appid"}
+FAULTS = {
+    *("500", "429", "timeout", "badsig", "unsigned", "stale"),
+    *("amount", "mchid", "appid", "paid-after"),
+}
 
 
 class FakeWeChatPay:
@@ -103,7 +106,7 @@ class FakeWeChatPay:
     "close" misbehave, one fault per call: "500", "429", "timeout" (answers after `delay`
     seconds), "badsig" (signed with a key that is not ours), "unsigned", "stale" (v3: a
     timestamp 10 minutes old), or, on a query, a SUCCESS answer with a wrong "amount",
-    "mchid" or "appid".
+    "mchid" or "appid", or "paid-after": the answer says NOTPAY and the user pays right after.
     """
 
     def __init__(self, keys: Keys, *, delay: float = 2.0) -> None:
@@ -225,6 +228,8 @@ class FakeWeChatPay:
                 answer["mch_id"] = "1900000999"
             if fault == "appid":
                 answer["appid"] = "wx0000000000000000"
+        if fault == "paid-after":
+            self.pay(otn)  # after the answer was made: it still says NOTPAY
         return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
 
     async def closeorder(self, request: web.Request) -> web.Response:
@@ -356,6 +361,8 @@ class FakeWeChatPay:
                 answer["mchid"] = "1900000999"
             if fault == "appid":
                 answer["appid"] = "wx0000000000000000"
+        if fault == "paid-after":
+            self.pay(otn)  # after the answer was made: it still says NOTPAY
         return self._v3_answer(200, answer, fault)
 
     async def close_v3(self, request: web.Request) -> web.Response:

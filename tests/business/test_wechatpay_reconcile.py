@@ -1,0 +1,339 @@
+"""WeChat Pay reconciliation: a paid order whose notification never came is still credited.
+
+The bot asks WeChat Pay about open orders (`WeChatPay.reconcile`, run by the sweeper) and
+credits a SUCCESS through the same checks and the same key as a notification, so whichever
+comes first credits and the other credits nothing more. Unpaid orders are closed at WeChat Pay
+before they are marked expired. Answers that fail or do not verify change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.events import Notice
+from bot.payments import NotifyRejected, Order, PaymentError, WeChatPay
+from tests.business import fake_wechatpay as fake
+from tests.business.conftest import Bank
+from tests.business.test_payments import MILLI_PER_FEN, Shop, open_shop
+
+VERSIONS = ["v2", "v3"]
+
+
+def after(order: Order, seconds: float) -> datetime:
+    """`seconds` after the order was made."""
+    return datetime.fromisoformat(order.created_at) + timedelta(seconds=seconds)
+
+
+def deadline(order: Order) -> datetime:
+    return datetime.fromisoformat(order.expires_at)
+
+
+async def notification(shop: Shop, version: str, order: Order) -> httpx.Response:
+    """The order's payment notification, as WeChat Pay would post it (late)."""
+    if version == "v3":
+        headers, body = fake.notify_v3(shop.fake.keys, order.out_trade_no, order.fen)
+        return await shop.notify(body, headers)
+    return await shop.notify(fake.notify_v2(order.out_trade_no, order.fen))
+
+
+def told(shop: Shop) -> list[str]:
+    return [d.event.text for d in shop.core.delivered if isinstance(d.event, Notice)]
+
+
+async def open_orders(shop: Shop) -> set[str]:
+    return await shop.bank.store.smembers("wxpay:open")
+
+
+# --- a lost notification --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_paid_order_without_notification_is_credited_once_by_reconciliation(
+    bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 990)
+        shop.fake.pay(order.out_trade_no)  # paid; the notification never reaches the bot
+
+        sweep = await shop.pay.reconcile(after(order, 90))
+        assert (sweep.credited, sweep.expired, sweep.failed) == (1, 0, 0)
+        assert shop.fake.asked("query") == [order.out_trade_no]
+        assert await shop.balance() == 990 * MILLI_PER_FEN
+        [entry] = await bank.wallet.entries("wechat:42")
+        assert entry.key == f"wxpay:{order.out_trade_no}"
+        assert told(shop) == ["Payment received: +99000 credits.\n支付成功：+99000 积分。"]
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+        assert await open_orders(shop) == set()
+
+        # The notification arrives after all: acknowledged, and nothing more is credited.
+        late = await notification(shop, version, order)
+        assert late.status_code in (200, 204)
+        assert await shop.balance() == 990 * MILLI_PER_FEN
+        assert len(await bank.wallet.entries("wechat:42")) == 1
+        assert len(told(shop)) == 1
+        # Later passes leave the settled order alone.
+        await shop.pay.reconcile(deadline(order))
+        assert shop.fake.asked("query") == [order.out_trade_no]
+        assert shop.fake.asked("close") == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_notification_first_then_a_query_credits_nothing_more(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 500)
+        shop.fake.pay(order.out_trade_no)
+        assert (await notification(shop, version, order)).status_code in (200, 204)
+        assert await shop.balance() == 500 * MILLI_PER_FEN
+
+        # The operator (or a pass that read the order just before) asks WeChat Pay anyway.
+        state, credited = await shop.pay.check_order(order.out_trade_no)
+        assert (state.state, credited) == ("SUCCESS", False)
+        assert await shop.balance() == 500 * MILLI_PER_FEN
+        assert len(await sqlite_bank.wallet.entries("wechat:42")) == 1
+        assert len(told(shop)) == 1
+
+
+# --- expiry -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_unpaid_order_is_closed_at_wechat_pay_then_expired(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        otn = order.out_trade_no
+
+        sweep = await shop.pay.reconcile(after(order, 90))  # NOTPAY before the deadline
+        assert (sweep.credited, sweep.expired) == (0, 0)
+        assert shop.fake.asked("close") == []
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert sweep.expired == 1
+        assert [c for c in shop.fake.calls if c[0] != "order"] == [
+            ("query", otn),
+            ("query", otn),
+            ("close", otn),
+        ]
+        assert shop.fake.trades[otn].state == "CLOSED"  # nobody can pay it any more
+        assert (await shop.pay.get_order(otn)).status == "expired"
+        assert await open_orders(shop) == set()
+        assert await shop.balance() == 0 and told(shop) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_order_closed_or_unknown_at_wechat_pay_expires_without_a_close(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        closed = await shop.pay.create_order("wechat", "42", 100)
+        unknown = await shop.pay.create_order("wechat", "42", 200)
+        shop.fake.trades[closed.out_trade_no].state = "CLOSED"
+        del shop.fake.trades[unknown.out_trade_no]
+        assert (await shop.pay.reconcile(deadline(unknown))).expired == 2
+        assert shop.fake.asked("close") == []
+        for order in (closed, unknown):
+            assert (await shop.pay.get_order(order.out_trade_no)).status == "expired"
+
+
+async def test_an_order_being_paid_at_its_deadline_is_not_expired(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        shop.fake.trades[order.out_trade_no].state = "USERPAYING"
+        assert (await shop.pay.reconcile(deadline(order))).expired == 0
+        assert shop.fake.asked("close") == []
+        assert await open_orders(shop) == {order.out_trade_no}
+        shop.fake.pay(order.out_trade_no)  # the payer confirmed
+        assert (await shop.pay.reconcile(deadline(order))).credited == 1
+        assert await shop.balance() == 100 * MILLI_PER_FEN
+
+
+async def test_pending_orders_are_asked_about_from_a_minute_old_then_less_often(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        otn = order.out_trade_no
+        asked_at = []
+        for second in range(0, 1800, 10):  # a pass every 10 s for the order's 30 minutes
+            before = len(shop.fake.asked("query"))
+            await shop.pay.reconcile(after(order, second))
+            if len(shop.fake.asked("query")) > before:
+                asked_at.append(second)
+        assert asked_at[:4] == [60, 120, 180, 240]  # the first minutes: once a minute
+        gaps = [b - a for a, b in itertools.pairwise(asked_at)]
+        assert all(60 <= g <= 190 for g in gaps), gaps  # never more often, never 3+ min apart
+        assert 10 <= len(asked_at) <= 20
+        assert shop.fake.asked("close") == []
+        await shop.pay.reconcile(deadline(order))  # and at the deadline, always
+        assert shop.fake.asked("close") == [otn]
+
+
+# --- bad days ---------------------------------------------------------------------------------
+
+
+def short_timeout(shop: Shop) -> WeChatPay:
+    """The shop's service with a client that gives up long before the fake's slow answer."""
+    return WeChatPay(
+        shop.pay.config,
+        shop.bank.store,
+        shop.core.credit_payment,
+        http=httpx.AsyncClient(timeout=0.3),
+        on_paid=shop.pay.on_paid,
+    )
+
+
+QUERY_FAULTS = [
+    ("v2", "500"),
+    ("v2", "429"),
+    ("v2", "timeout"),
+    ("v2", "badsig"),
+    ("v2", "unsigned"),
+    ("v3", "500"),
+    ("v3", "429"),
+    ("v3", "timeout"),
+    ("v3", "badsig"),
+    ("v3", "unsigned"),
+    ("v3", "stale"),
+]
+
+
+@pytest.mark.parametrize(("version", "fault"), QUERY_FAULTS)
+async def test_a_failed_query_leaves_a_paid_order_pending_and_the_next_pass_settles_it(
+    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str, caplog
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        pay = short_timeout(shop) if fault == "timeout" else shop.pay
+        paid = await pay.create_order("wechat", "42", 300)
+        shop.fake.pay(paid.out_trade_no)
+        shop.fake.misbehave("query", fault)
+        sweep = await pay.reconcile(deadline(paid))
+        assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
+        assert await shop.balance() == 0 and told(shop) == []
+        assert (await pay.get_order(paid.out_trade_no)).status == "unpaid"
+        assert await open_orders(shop) == {paid.out_trade_no}
+        warned = [r for r in caplog.records if r.getMessage() == "wechatpay order query failed"]
+        assert warned and all(fake.API_KEY not in str(r.__dict__) for r in warned)
+
+        sweep = await pay.reconcile(deadline(paid))
+        assert sweep.credited == 1
+        assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
+        await pay.close()
+
+
+@pytest.mark.parametrize(("version", "fault"), QUERY_FAULTS)
+async def test_a_failed_query_at_the_deadline_does_not_expire_an_unpaid_order(
+    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        pay = short_timeout(shop) if fault == "timeout" else shop.pay
+        order = await pay.create_order("wechat", "42", 300)
+        shop.fake.misbehave("query", fault)
+        assert (await pay.reconcile(deadline(order))).expired == 0
+        assert shop.fake.asked("close") == []
+        assert (await pay.get_order(order.out_trade_no)).status == "unpaid"
+        assert (await pay.reconcile(deadline(order))).expired == 1  # the next pass closes it
+        assert shop.fake.trades[order.out_trade_no].state == "CLOSED"
+        await pay.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("fault", ["500", "badsig"])
+async def test_a_failed_close_does_not_expire_the_order(
+    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        shop.fake.misbehave("close", fault)
+        assert (await shop.pay.reconcile(deadline(order))).expired == 0
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+        # Paid between the query and the close: the next pass credits instead of expiring.
+        shop.fake.pay(order.out_trade_no)
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert (sweep.credited, sweep.expired) == (1, 0)
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_paid_between_the_query_and_the_close_is_credited_not_expired(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert (sweep.expired, sweep.failed) == (0, 1)  # WeChat Pay refused the close: paid
+        assert shop.fake.asked("close") == [order.out_trade_no]
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+        assert (await shop.pay.reconcile(deadline(order))).credited == 1
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+        assert await shop.balance() == 300 * MILLI_PER_FEN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("fault", ["amount", "mchid", "appid"])
+async def test_a_success_answer_that_does_not_match_the_order_credits_nothing(
+    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        shop.fake.misbehave("query", fault, fault)
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
+        with pytest.raises(NotifyRejected, match="mismatch"):
+            await shop.pay.check_order(order.out_trade_no)
+        assert await shop.balance() == 0 and told(shop) == []
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+        assert shop.fake.asked("close") == []
+
+
+@pytest.mark.parametrize("fault", ["badsig", "unsigned", "stale", "500"])
+async def test_v3_order_whose_answer_does_not_verify_is_refused(
+    sqlite_bank: Bank, tmp_path: Path, fault: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=True) as shop:
+        shop.fake.misbehave("order", fault)
+        with pytest.raises(PaymentError):
+            await shop.pay.create_order("wechat", "42", 100)
+        assert await open_orders(shop) == set()
+        [otn] = shop.fake.asked("order")
+        assert await shop.pay.get_order(otn) is None
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_reconciliation_and_notification_at_the_same_moment_credit_once(
+    bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        orders = [await shop.pay.create_order("wechat", "42", 100 + i) for i in range(3)]
+        for order in orders:
+            shop.fake.pay(order.out_trade_no)
+        for order in orders:
+            when = deadline(order)
+            await asyncio.gather(
+                shop.pay.reconcile(when),
+                notification(shop, version, order),
+                shop.pay.check_order(order.out_trade_no),
+                notification(shop, version, order),
+                shop.pay.reconcile(when),
+            )
+        assert await shop.balance() == sum(o.fen for o in orders) * MILLI_PER_FEN
+        entries = await bank.wallet.entries("wechat:42")
+        assert sorted(e.key for e in entries) == sorted(o.key for o in orders)
+        assert len(told(shop)) == 3
+        for order in orders:
+            assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
