@@ -771,7 +771,7 @@ class WeChatPay:
         self._asked[otn] = now
         if state.state == "SUCCESS":
             try:
-                if await self._settle_state(state):
+                if await self.settle_queried(state):
                     sweep.credited += 1
                     log.info("wechatpay order settled by query", extra={"order": otn})
             except NotifyRejected as exc:
@@ -819,15 +819,12 @@ class WeChatPay:
         await self.store.srem("wxpay:open", order.out_trade_no)
         self._asked.pop(order.out_trade_no, None)
 
-    async def check_order(self, out_trade_no: str) -> tuple[TradeState, bool]:
-        """Query one order and credit it if WeChat Pay says SUCCESS (the operator's `admin
-        order`). Returns WeChat Pay's answer and whether this call credited it; raises
-        PaymentError if the query failed and NotifyRejected if the answer does not match."""
-        state = await self.query_order(out_trade_no)
-        credited = state.state == "SUCCESS" and await self._settle_state(state)
-        return state, credited
-
-    async def _settle_state(self, state: TradeState) -> bool:
+    async def settle_queried(self, state: TradeState) -> bool:
+        """Credit an order WeChat Pay's query answer says is paid, exactly as a notification
+        would (same checks, same key); True if this call credited it. NotifyRejected if the
+        answer does not match the order. `reconcile` and `creditbot admin order` use it."""
+        if state.state != "SUCCESS":
+            raise NotifyRejected(f"WeChat Pay says {state.state}, not SUCCESS")
         return await self._settle(
             out_trade_no=state.out_trade_no,
             fen=state.fen,

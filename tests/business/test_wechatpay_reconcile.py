@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
+from bot.accounts import Accounts
 from bot.events import Notice
-from bot.payments import NotifyRejected, Order, PaymentError, WeChatPay
+from bot.payments import NotifyRejected, Order, PayConfig, PaymentError, WeChatPay
+from bot.settings import get_settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank
-from tests.business.test_payments import MILLI_PER_FEN, Shop, open_shop
+from tests.business.test_admin import make_cli, use
+from tests.business.test_payments import MILLI_PER_FEN, Shop, open_shop, settings_for
 
 VERSIONS = ["v2", "v3"]
 
@@ -44,6 +51,12 @@ async def notification(shop: Shop, version: str, order: Order) -> httpx.Response
 
 def told(shop: Shop) -> list[str]:
     return [d.event.text for d in shop.core.delivered if isinstance(d.event, Notice)]
+
+
+async def check(pay: WeChatPay, out_trade_no: str) -> tuple[str, bool]:
+    """What `creditbot admin order` does: query, and credit if paid."""
+    state = await pay.query_order(out_trade_no)
+    return state.state, state.state == "SUCCESS" and await pay.settle_queried(state)
 
 
 async def open_orders(shop: Shop) -> set[str]:
@@ -94,8 +107,7 @@ async def test_notification_first_then_a_query_credits_nothing_more(
         assert await shop.balance() == 500 * MILLI_PER_FEN
 
         # The operator (or a pass that read the order just before) asks WeChat Pay anyway.
-        state, credited = await shop.pay.check_order(order.out_trade_no)
-        assert (state.state, credited) == ("SUCCESS", False)
+        assert await check(shop.pay, order.out_trade_no) == ("SUCCESS", False)
         assert await shop.balance() == 500 * MILLI_PER_FEN
         assert len(await sqlite_bank.wallet.entries("wechat:42")) == 1
         assert len(told(shop)) == 1
@@ -292,7 +304,7 @@ async def test_a_success_answer_that_does_not_match_the_order_credits_nothing(
         sweep = await shop.pay.reconcile(deadline(order))
         assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
         with pytest.raises(NotifyRejected, match="mismatch"):
-            await shop.pay.check_order(order.out_trade_no)
+            await check(shop.pay, order.out_trade_no)
         assert await shop.balance() == 0 and told(shop) == []
         assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
         assert shop.fake.asked("close") == []
@@ -327,7 +339,7 @@ async def test_reconciliation_and_notification_at_the_same_moment_credit_once(
             await asyncio.gather(
                 shop.pay.reconcile(when),
                 notification(shop, version, order),
-                shop.pay.check_order(order.out_trade_no),
+                check(shop.pay, order.out_trade_no),
                 notification(shop, version, order),
                 shop.pay.reconcile(when),
             )
@@ -337,3 +349,102 @@ async def test_reconciliation_and_notification_at_the_same_moment_credit_once(
         assert len(told(shop)) == 3
         for order in orders:
             assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+
+
+# --- the operator's hand: creditbot admin order -------------------------------------------------
+
+
+@contextmanager
+def fake_in_thread() -> Iterator[tuple[fake.FakeWeChatPay, str]]:
+    """The stand-in WeChat Pay on a loop of its own, for a command that runs asyncio.run."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    wxpay = fake.FakeWeChatPay(fake.Keys())
+    runner = web.AppRunner(wxpay.app)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield wxpay, f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_admin_order_shows_wechat_pays_answer_and_credits_a_paid_order_once(
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    version: str,
+) -> None:
+    with fake_in_thread() as (wxpay, api_base):
+        settings = settings_for(api_base, tmp_path, wxpay.keys, v3=version == "v3", sign_type="MD5")
+        env = {
+            "WECHAT_APPID": fake.APPID,
+            "WECHATPAY_MCHID": fake.MCHID,
+            "WECHATPAY_API_KEY": fake.API_KEY,
+            "WECHATPAY_SIGN_TYPE": "MD5",
+            "WECHATPAY_API_BASE": api_base,
+        }
+        if version == "v3":
+            env |= {
+                "WECHATPAY_API_V3_KEY": fake.API_V3_KEY,
+                "WECHATPAY_PLATFORM_CERT": str(settings.wechatpay_platform_cert),
+                "WECHATPAY_PRIVATE_KEY": str(settings.wechatpay_private_key),
+                "WECHATPAY_CERT_SERIAL": wxpay.keys.serial,
+            }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        cli = make_cli(sqlite_url, monkeypatch, capsys)
+
+        async def create(wallet, store, fen: int) -> str:
+            credit = Accounts(store, wallet).credit_payment
+            pay = WeChatPay(PayConfig.from_settings(settings), store, credit)
+            try:
+                return (await pay.create_order("wechat", "42", fen)).out_trade_no
+            finally:
+                await pay.close()
+
+        async def balance(wallet, store) -> int:
+            return (await wallet.balance("wechat:42")).total
+
+        paid = use(sqlite_url, create, 990)
+        unpaid = use(sqlite_url, create, 100)
+        wxpay.pay(paid)  # the notification never reached the bot
+
+        # WeChat Pay cannot be asked, or its answer does not verify or match: nothing changes.
+        for fault in ("500", "badsig", "amount", "mchid"):
+            wxpay.misbehave("query", fault)
+            code, out, err = cli("order", paid)
+            assert code == 1 and "nothing" in err and "credited +" not in out, fault
+            assert "local      unpaid" in out
+        assert use(sqlite_url, balance) == 0
+
+        code, out, err = cli("order", paid)
+        assert code == 0, err
+        assert f"order      {paid} (NATIVE)" in out and "¥9.90 = 99000 credits" in out
+        assert "local      unpaid" in out and "wechatpay  SUCCESS (transaction 4200" in out
+        assert f"credited +99000 credits (key wxpay:{paid})" in out
+        assert use(sqlite_url, balance) == 990 * MILLI_PER_FEN
+
+        code, out, _ = cli("order", paid)  # again: shown as paid, nothing more credited
+        assert code == 0 and "local      paid" in out and "already credited" in out
+        assert use(sqlite_url, balance) == 990 * MILLI_PER_FEN
+
+        code, out, _ = cli("order", unpaid)
+        assert code == 0 and "wechatpay  NOTPAY" in out and "nothing to credit" in out
+        code, _, err = cli("order", "cb20260101000000deadbeef0000")
+        assert code == 1 and "no WeChat Pay order" in err
+        assert use(sqlite_url, balance) == 990 * MILLI_PER_FEN
+        assert wxpay.asked("close") == []  # looking is all it does to an unpaid order
+    get_settings.cache_clear()
