@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -53,9 +54,13 @@ class PayBot:
 
 
 @asynccontextmanager
-async def pay_bot(sqlite_url: str, *, mode: str, wechat_pay: bool = True) -> AsyncIterator[PayBot]:
+async def pay_bot(
+    sqlite_url: str, *, mode: str, wechat_pay: bool = True, v3_keys_in: Path | None = None
+) -> AsyncIterator[PayBot]:
+    """The bot with WeChat Pay on API v2, or on v3 when given a folder for the key files."""
     api = await FakeWeChat(appid=fakepay.APPID).start()
-    wxpay = fakepay.FakeWeChatPay(fakepay.Keys())
+    keys = fakepay.Keys()
+    wxpay = fakepay.FakeWeChatPay(keys)
     pay: dict[str, Any] = {}
     try:
         async with served(wxpay.app) as pay_base:
@@ -65,6 +70,15 @@ async def pay_bot(sqlite_url: str, *, mode: str, wechat_pay: bool = True) -> Asy
                     "wechatpay_api_key": fakepay.API_KEY,
                     "wechatpay_notify_url": "https://bot.example.com/wechatpay/notify",
                     "wechatpay_api_base": pay_base,
+                }
+            if wechat_pay and v3_keys_in is not None:
+                (v3_keys_in / "platform.pem").write_bytes(keys.platform_cert)
+                (v3_keys_in / "merchant.pem").write_bytes(fakepay.pem_private(keys.merchant))
+                pay |= {
+                    "wechatpay_api_v3_key": fakepay.API_V3_KEY,
+                    "wechatpay_platform_cert": v3_keys_in / "platform.pem",
+                    "wechatpay_private_key": v3_keys_in / "merchant.pem",
+                    "wechatpay_cert_serial": keys.serial,
                 }
             settings = wechat_settings(
                 api.url,
@@ -185,6 +199,27 @@ async def test_wechat_pay_refusing_the_order_is_said_plainly(sqlite_url: str) ->
         [said] = bot.api.texts_to("o-pay-refused")
         assert "/topup" in said and "try again later" in said
         assert bot.wxpay.orders == [] and bot.api.images_to("o-pay-refused") == []
+
+
+async def test_a_wechat_pay_answer_that_does_not_verify_gives_no_pay_link(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async with pay_bot(sqlite_url, mode="passive", v3_keys_in=tmp_path) as bot:
+        user = "o-pay-forged"
+        for fault in ("badsig", "unsigned", "stale"):
+            bot.wxpay.misbehave("order", fault)
+            said = await bot.say(user, "/pay 10")
+            assert said is not None and LINK.search(said) is None, fault
+            assert "try again later" in said and "请稍后再试" in said
+        assert len(bot.wxpay.orders) == 3  # asked each time, and the answer not believed
+        assert await bot.core.kv.smembers("wxpay:open") == set()
+
+        # Answered with the platform's signature, the same request gives the pay link.
+        said = await bot.say(user, "/pay 10")
+        link = LINK.search(said or "")
+        assert link is not None and link.group(1) == bot.wxpay.orders[-1]["out_trade_no"]
+        assert await bot.core.kv.smembers("wxpay:open") == {link.group(1)}
+        assert await bot.balance(user) == 0
 
 
 async def test_amounts_as_people_type_them(sqlite_url: str) -> None:
