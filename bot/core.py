@@ -27,7 +27,7 @@ from bot.conversations import Conversations
 from bot.events import Delivery, Event, Message, Notice
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
-from bot.limits import InflightLimiter
+from bot.limits import InflightLimiter, new_token, undo_uncertain
 from bot.runtime import freeze_startup_heap
 from bot.settings import Settings
 from bot.store import open_store
@@ -178,26 +178,27 @@ class Core:
         history (ChatFlow.open).
         """
         text = msg.text.strip()
-        seen: Op = (
-            "add",
-            f"seen:{msg.platform}:{msg.message_id}",
-            "1",
-            self.settings.dedupe_ttl_seconds,
-        )
+        # The mark's value is this delivery's own, so a first round trip that fails or is
+        # cancelled (the store may have applied it) can take back its mark and no other: a
+        # redelivery of a message never answered is then answered, not dropped.
+        mark_key, mark = f"seen:{msg.platform}:{msg.message_id}", new_token()
+        seen: Op = ("add", mark_key, mark, self.settings.dedupe_ttl_seconds)
         opening: Opening | None = None
-        if text and not msg.images and parse_command(text) is None:
-            opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
-            if opening is None:
-                log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
-                return
-            account = opening.account  # no await before the try: its finally frees the lease
-        else:
-            ident = identity(msg.platform, msg.user_id)
-            fresh, linked = await batch(self.kv, [seen, ("get", ident_key(ident))])
-            if not fresh:
-                log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
-                return
-            account = account_for(ident, linked)
+        try:
+            if text and not msg.images and parse_command(text) is None:
+                opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
+                fresh = opening is not None
+            else:
+                ident = identity(msg.platform, msg.user_id)
+                fresh, linked = await batch(self.kv, [seen, ("get", ident_key(ident))])
+        except BaseException:
+            await undo_uncertain(self.kv, [("delete_if", mark_key, mark)])
+            raise
+        if not fresh:
+            log.debug("dropped redelivered message %s:%s", msg.platform, msg.message_id)
+            return
+        # No await between here and the try: its finally frees the opening's lease.
+        account = opening.account if opening is not None else account_for(ident, linked)
         try:
             lang = language_of(msg.language, self.settings.default_language)
             await self._remember_name(msg)

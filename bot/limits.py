@@ -34,6 +34,11 @@ _serial = itertools.count(1)
 _freeing: set[asyncio.Task[None]] = set()  # strong references until each freeing is done
 
 
+def new_token() -> str:
+    """A value unique to this request in any process, for `delete_if` (see `_token`)."""
+    return _token()
+
+
 def _token() -> str:
     """A lease's value: which request holds the slot. Unique per request (a random tag per
     process start, the pid, a counter; secrets.token_hex cost a system call per message), so
@@ -51,26 +56,30 @@ async def free_uncertain(store: Store, leases: Sequence[Lease]) -> None:
     op it follows up, even one cancelled while still queued; on PostgreSQL a statement still
     committing on another connection could land after it (that slot then expires as before).
     """
-    ops = [lease.freeing() for lease in leases]
-    task = asyncio.ensure_future(_free(store, ops))
+    await undo_uncertain(store, [lease.freeing() for lease in leases])
+
+
+async def undo_uncertain(store: Store, ops: Sequence[Op]) -> None:
+    """Run `ops` (each a `delete_if` of what a failed round trip may have written) as
+    `free_uncertain` does: shielded, awaited at most FREE_WAIT_SECONDS, failures logged."""
+    task = asyncio.ensure_future(_free(store, list(ops)))
     _freeing.add(task)
     task.add_done_callback(_freeing.discard)
     try:
         await asyncio.wait_for(asyncio.shield(task), FREE_WAIT_SECONDS)
     except TimeoutError:
-        log.warning("freeing in-flight slot(s) is slow; it goes on in the background")
+        log.warning("freeing %s is slow; it goes on in the background", _keys(ops))
 
 
 async def _free(store: Store, ops: list[Op]) -> None:
     try:
         await batch(store, ops)
     except Exception:
-        keys = ", ".join(op[1] for op in ops)
-        log.warning(
-            "could not free in-flight slot(s) %s; they expire with their lease",
-            keys,
-            exc_info=True,
-        )
+        log.warning("could not free %s; it expires with its TTL", _keys(ops), exc_info=True)
+
+
+def _keys(ops: Sequence[Op]) -> str:
+    return ", ".join(str(op[1]) for op in ops)
 
 
 async def batch_taking(store: Store, ops: Sequence[Op], *leases: Lease) -> list[Any]:

@@ -262,3 +262,47 @@ async def test_a_slot_whose_release_failed_is_freed(make_unlucky: MakeUnlucky) -
     assert of_type(events, FinalText)
     assert await store.inflight() == []
     assert of_type(await ask(core, "next [[tokens:2]]"), FinalText)
+
+
+# --- the message's dedupe mark, written in the same first round trip -----------------------
+
+
+async def _answer(core: Core, msg: Any) -> list[Any]:
+    return [event async for event in core.handle(msg)]
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+@pytest.mark.parametrize("text", ["hello [[tokens:2]]", "/balance"])
+async def test_a_message_whose_first_round_trip_failed_is_answered_when_redelivered(
+    make_unlucky: MakeUnlucky, mode: str, text: str
+) -> None:
+    core, store = await make_unlucky()
+    msg = message(text)
+    mark = f"seen:telegram:{msg.message_id}"
+    store.plan = [(mode, "add", mark)]
+    first = asyncio.create_task(_answer(core, msg))
+    if mode == "hang":
+        await store.until_hanging(1)
+        await cancelled(first)
+    else:
+        with pytest.raises(Lost):
+            await first
+    assert await store.inner.get(mark) is None  # the store had applied it; it was taken back
+    again = await _answer(core, msg)  # the platform delivers the unanswered message again
+    assert of_type(again, FinalText) or of_type(again, Notice)
+    assert await _answer(core, msg) == []  # answered now: a third delivery is dropped
+
+
+async def test_a_failed_delivery_does_not_take_back_the_mark_of_the_one_that_answered(
+    make_unlucky: MakeUnlucky,
+) -> None:
+    core, store = await make_unlucky()
+    msg = message("hello [[tokens:2]]")
+    mark = f"seen:telegram:{msg.message_id}"
+    assert of_type(await _answer(core, msg), FinalText)
+    store.plan = [("raise", "add", mark)]  # a redelivery whose round trip then fails
+    with pytest.raises(Lost):
+        await _answer(core, msg)
+    assert await store.inner.get(mark) is not None
+    assert await _answer(core, msg) == []  # still answered once
+    assert len([e for e in await core.wallet.entries("telegram:u1") if e.kind == "capture"]) == 1
