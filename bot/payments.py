@@ -946,6 +946,7 @@ class WeChatPay:
         marker = json.dumps({"transaction_id": transaction_id, "paid_at": _now().isoformat()})
         first = await self.store.add(f"wxpay:paid:{out_trade_no}", marker)
         await self.store.srem("wxpay:open", out_trade_no)
+        self._asked.pop(out_trade_no, None)
         if first:
             log.info("wechatpay order paid", extra={"order": out_trade_no, "fen": order.fen})
             order.status = "paid"
