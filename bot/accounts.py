@@ -4,16 +4,26 @@ An identity's account is its own id until `/link` joins it to another one, so th
 case costs one store read and no write. `/link` on the first account gives a one-time code;
 `/link CODE` from the second identity points it at the first account's wallet, moving any
 credits the second identity had, so one person has one wallet across Telegram and WeChat.
+
+An account whose identities were linked away is left empty, and must stay so: a credit can
+still land on it (a payment pinned to it before the link, a retry, a refund of an old charge,
+a credit racing the link). Every credit therefore goes through `Accounts.credit` (or
+`credit_payment`), which afterwards asks whether the account was linked away (one store read)
+and, if so, moves what it holds to the account its identities pay from now (`settle`). `/link`
+writes the new links before it settles the old account, and a credit is written before its
+check reads the links, so of a credit racing a link at least one side sees the other: the
+credit is moved by one of them (or both, harmlessly: a move takes only what is there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 from typing import Any
 
-from billing.wallet.base import Entry, Wallet
+from billing.wallet.base import DEBIT, Entry, IdempotencyConflict, InsufficientCredits, Wallet
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -22,6 +32,13 @@ LINK_TTL_SECONDS = 600
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to type
 _CODE_LEN = 8
 CLAIM_TTL_SECONDS = 7 * 24 * 3600  # a half-done link can be finished for a week
+MAX_HOPS = 8  # links followed from an account (A was linked to B, then B to C, ...)
+SETTLE_ROUNDS = 8  # moves tried while concurrent settles keep changing the account
+SCAN_ENTRIES = 50  # newest entries of a linked-away account searched for unfinished moves
+DRAIN = "drain:"  # wallet keys of settle's moves: drain:<newest entry id>:out / :in
+UNSETTLED = "accounts:unsettled"  # linked-away accounts still holding credits (the sweeper's)
+MOVE_OUT = "moved to linked wallet"
+MOVE_IN = "moved from linked account"
 
 
 NAMES = "names"  # set of identities with a recorded display name (for `admin find`)
@@ -91,15 +108,143 @@ class Accounts:
         nothing more, even after a /link (the first payer's account is kept under `payacct:`).
 
         The paying account is written down before the credit, so a reversal finds the payment
-        even if the process died between the credit and its `pay:` record. The core's
+        even if the process died between the credit and its `pay:` record. If that account
+        has been linked away by now (a /link between the pin and the credit, or before a
+        retry), the credits follow to the linked wallet (`settle`); a retry finishes that
+        move and never moves twice. Returns the payment's own ledger entry. The core's
         `credit_payment` and the operator's `admin order` both credit through here.
         """
-        account = await self.resolve(platform, user_id)
-        await self.store.add(f"payacct:{key}", account)
-        account = await self.store.get(f"payacct:{key}") or account  # a replay: the first payer
+        account = await self.pinned(f"payacct:{key}", await self.resolve(platform, user_id))
         entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
         await self.store.set(f"pay:{key}", entry.id)
+        await self.settle(account)
         return entry
+
+    async def credit(
+        self,
+        account: str,
+        amount_milli: int,
+        key: str,
+        reason: str,
+        *,
+        ref: str | None = None,
+        meta: dict[str, Any] | None = None,
+        pin: str | None = None,
+    ) -> Entry:
+        """`wallet.credit`, then the credits follow `account`'s identities if they were linked
+        away meanwhile (grants, refunds, codes: anything that chose the account before).
+
+        `pin`: a store key that keeps the first call's account, for a caller that resolved an
+        identity and may retry after a /link (the key is unique per account: crediting the new
+        account under it would credit twice). Returns the credit's own ledger entry.
+        """
+        if pin is not None:
+            account = await self.pinned(pin, account)
+        entry = await self.wallet.credit(account, amount_milli, key, reason, ref=ref, meta=meta)
+        await self.settle(account)
+        return entry
+
+    async def pinned(self, pin: str, account: str) -> str:
+        """The account first written under the store key `pin` (this one, unless a first try
+        wrote it): what a retried money operation keyed per account must use again."""
+        await self.store.add(pin, account)
+        return await self.store.get(pin) or account
+
+    async def moved_to(self, account: str) -> str | None:
+        """Where the identities of a linked-away `account` pay from now (following a chain of
+        links), or None if it was not linked away. One store read when it was not."""
+        seen = {account}
+        current = account
+        for _ in range(MAX_HOPS):
+            nxt = await self.store.get(ident_key(current))
+            if nxt is None or nxt in seen:  # not linked away (or a loop: stop where it closes)
+                break
+            seen.add(nxt)
+            current = nxt
+        return None if current == account else current
+
+    async def settle(self, account: str) -> None:
+        """If `account` was linked away, move what it holds to where it resolves now.
+
+        Each move is a debit on the old account keyed by its newest ledger entry (so settles
+        racing on the same state make the same move once) that names its destination, and a
+        credit keyed by that debit; a settle first finishes every move whose credit is missing
+        (a crash in between). Held credits cannot move yet: the account is listed under
+        UNSETTLED and the sweeper settles it again (`settle_listed`) until it is empty.
+        """
+        todo, done = [account], set()
+        while todo and len(done) < MAX_HOPS:
+            src = todo.pop(0)
+            if src in done:
+                continue
+            done.add(src)
+            dst = await self.moved_to(src)
+            if dst is None:
+                continue
+            try:
+                todo.extend(await self._drain(src, dst))
+            except Exception:
+                with contextlib.suppress(Exception):  # listed, the sweeper finishes it
+                    await self.store.sadd(UNSETTLED, src)
+                raise
+
+    async def _drain(self, src: str, dst: str) -> set[str]:
+        """Move `src`'s available credits to `dst`; returns the accounts credited."""
+        credited: set[str] = set()
+        look_back = True  # finish the moves a crash or a concurrent settle left half-done
+        for _ in range(SETTLE_ROUNDS):
+            recent: list[Entry] = []
+            if look_back:
+                recent = await self.wallet.entries(src, limit=SCAN_ENTRIES)
+                for entry in recent:
+                    if entry.kind == DEBIT and entry.key.startswith(DRAIN) and entry.meta:
+                        credited.add(await self._finish_move(entry))
+                look_back = False
+            balance = await self.wallet.balance(src)
+            if balance.available <= 0:
+                if balance.held > 0:  # a reply or image began here before the link
+                    await self.store.sadd(UNSETTLED, src)
+                return credited
+            recent = recent or await self.wallet.entries(src, limit=1)
+            mark = recent[0].id if recent else "0"
+            try:
+                out = await self.wallet.debit(
+                    src, balance.available, f"{DRAIN}{mark}:out", MOVE_OUT, meta={"to": dst}
+                )
+            except (InsufficientCredits, IdempotencyConflict):
+                look_back = True  # a concurrent settle moved it first: finish its move
+                continue
+            credited.add(await self._finish_move(out))
+        log.warning("an account linked away is still changing; the sweeper will settle it")
+        await self.store.sadd(UNSETTLED, src)
+        return credited
+
+    async def _finish_move(self, out: Entry) -> str:
+        """The credit of a settle's debit, to the account the debit names (once: its key)."""
+        dst = str(out.meta["to"])
+        await self.wallet.credit(
+            dst,
+            -out.amount,
+            out.key.removesuffix(":out") + ":in",
+            MOVE_IN,
+            ref=out.id,
+            meta={"from": out.account},
+        )
+        return dst
+
+    async def settle_listed(self) -> int:
+        """The sweeper's job: settle every account listed as still holding credits after it
+        was linked away; an account leaves the list once it holds nothing. Returns how many
+        are still listed."""
+        left = 0
+        for account in sorted(await self.store.smembers(UNSETTLED)):
+            await self.settle(account)
+            balance = await self.wallet.balance(account)
+            if (balance.total == 0 and balance.held == 0) or await self.moved_to(account) is None:
+                await self.store.srem(UNSETTLED, account)
+            else:
+                left += 1
+        return left
 
     async def resolve_name(self, name: str) -> str:
         """An admin's USER argument: "platform:user_id" (following links) or an account id."""
@@ -121,6 +266,12 @@ class Accounts:
         identity, same code, even after the code expired) finishes the same move and never
         moves twice; another identity is refused. Every identity that paid from the old
         account is re-pointed too, so no one is left behind on an emptied wallet.
+
+        Credits that land on the old account after the plan read its balance (a payment
+        racing the link) are moved after the re-pointing (`settle`). A reply or image that
+        started on the old account after the plan holds part of it: the plan's move is then
+        refused by the wallet, nothing moves, the claim is given back and the user is told
+        "busy", so the next try plans again.
         """
         tag = code.strip().upper()
         me = identity(platform, user_id)
@@ -130,6 +281,8 @@ class Accounts:
             target = await self.store.get(f"link:{tag}")
             if target is None:
                 raise LinkError("invalid")
+            # A code made before its account was itself linked away joins where it went.
+            target = await self.moved_to(target) or target
             current = await self.resolve(platform, user_id)
             if current == target:
                 raise LinkError("same")
@@ -137,44 +290,59 @@ class Accounts:
             if old.held:
                 raise LinkError("busy")
             plan = {"ident": me, "src": current, "dst": target, "amount": max(old.available, 0)}
-            if not await self.store.add(claim_key, json.dumps(plan), ttl=CLAIM_TTL_SECONDS):
+            raw = json.dumps(plan)
+            if not await self.store.add(claim_key, raw, ttl=CLAIM_TTL_SECONDS):
                 raw = await self.store.get(claim_key)  # someone claimed it just now
                 if raw is None:
                     raise LinkError("invalid")
-        if raw is not None:
-            plan = json.loads(raw)
-            if plan["ident"] != me:
-                raise LinkError("invalid")
+        plan = json.loads(raw)
+        if plan["ident"] != me:
+            raise LinkError("invalid")
         src, dst, amount = str(plan["src"]), str(plan["dst"]), int(plan["amount"])
         if amount > 0:
             move = f"link:{tag}:{src}->{dst}"
-            out = await self.wallet.debit(
-                src, amount, f"{move}:out", "moved to linked wallet", meta={"to": dst}
-            )
+            try:
+                out = await self.wallet.debit(
+                    src, amount, f"{move}:out", MOVE_OUT, meta={"to": dst}
+                )
+            except InsufficientCredits:
+                # Spent or held since the plan (a replay of a debit that happened is never
+                # refused): nothing moved, so the next try may plan again.
+                await self.store.delete_if(claim_key, raw)
+                raise LinkError("busy") from None
             await self.wallet.credit(
-                dst,
-                -out.amount,
-                f"{move}:in",
-                "moved from linked account",
-                ref=out.id,
-                meta={"from": src},
+                dst, -out.amount, f"{move}:in", MOVE_IN, ref=out.id, meta={"from": src}
             )
         await self._repoint(src, dst, me)
+        final = await self.moved_to(dst)
+        if final is not None:  # the target was linked away at the same moment: follow it
+            await self._repoint(dst, final, me)
+        await self.settle(src)  # credits that landed after the plan read the balance
+        await self.settle(dst)  # and ours, if the target was linked away meanwhile
         await self.store.delete(f"link:{tag}")  # consumed only now that the move is complete
         log.info(
             "linked identity on %s to another account (moved %d millicredits)", platform, amount
         )
-        return dst, amount
+        return final or dst, amount
 
     async def _repoint(self, src: str, dst: str, me: str) -> None:
-        """Every identity paying from `src` (and `me`) pays from `dst` from now on."""
-        members = await self.store.smembers(_members(src))
-        members.add(me)
-        if ":" in src and await self.store.get(f"ident:{src}") in (None, src):
-            members.add(src)  # the identity whose own default account this was
-        for ident in sorted(members):
-            await self.store.sadd(_members(dst), ident)
-            await self.store.set(f"ident:{ident}", dst)
+        """Every identity paying from `src` (and `me`) pays from `dst` from now on.
+
+        The members are read again after the links are written, so an identity that joined
+        `src` at the same moment (a /link into `src` racing this one) is not left behind.
+        """
+        done: set[str] = set()
+        while True:
+            members = await self.store.smembers(_members(src))
+            members.add(me)
+            if ":" in src and await self.store.get(f"ident:{src}") in (None, src):
+                members.add(src)  # the identity whose own default account this was
+            if members <= done:
+                return
+            for ident in sorted(members - done):
+                await self.store.sadd(_members(dst), ident)
+                await self.store.set(f"ident:{ident}", dst)
+            done |= members
 
 
 def _members(account: str) -> str:

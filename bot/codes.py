@@ -8,8 +8,9 @@ the store does not give the codes away.
 Exactly once, across processes: redeeming first *claims* the code with an atomic add-if-absent
 (`code:used:<hash>` = the account), then credits the wallet with the idempotency key
 `code:<hash>`. A crash between the two leaves a claim naming the account; the same user
-retrying the code finishes the credit (the key makes it count once), anyone else is told the
-code is used. Revoking claims the code the same way, so a revoke and a redeem cannot both win.
+retrying the code finishes the credit (the key makes it count once, on the claim's account,
+even if /link moved the user since), anyone else is told the code is used. Revoking claims
+the code the same way, so a revoke and a redeem cannot both win.
 
 Wrong guesses are counted per user in a time window; past the limit every attempt is refused,
 valid or not, so guessing stays hopeless even before the 120 bits.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.wallet.base import Wallet
+from bot.accounts import Accounts
 from bot.store.base import Store
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
@@ -290,6 +292,7 @@ async def redeem_code(
     if tries - good > max_wrong:
         raise CodeError("rate_limited", f"{user_key} made too many wrong guesses")
 
+    accounts = Accounts(store, wallet)
     h = hashlib.sha256(norm.encode("ascii")).hexdigest()
     record = await _record(store, h)
     if record is None:
@@ -310,10 +313,15 @@ async def redeem_code(
         holder = json.loads(raw).get("account")
         if holder == _REVOKED:
             raise CodeError("revoked")
-        if holder != account or await store.get(f"code:done:{h}"):
+        if await store.get(f"code:done:{h}"):
             raise CodeError("used")
-        # Our own claim without a finished credit: a crash came between; finish it now.
-    await wallet.credit(
+        if holder != account and await accounts.moved_to(holder) != account:
+            raise CodeError("used")
+        # Our own claim without a finished credit: a crash came between; finish it now, on
+        # the claim's account (where the credit's key is), even if /link moved us since.
+        account = holder
+    # Through Accounts: if the account was linked away meanwhile, the credits follow.
+    await accounts.credit(
         account,
         amount,
         f"code:{h}",
