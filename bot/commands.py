@@ -271,13 +271,18 @@ class Commands:
         if amount <= 0:
             return Notice(t("bad_amount", req.lang, value=parts[1]), kind="error")
         account = await self.s.accounts.resolve_name(parts[0])
-        entry = await self.s.wallet.credit(
+        key = f"grant:{req.platform}:{req.message_id}"
+        # Through Accounts: a redelivered grant credits the first account (pinned), and the
+        # credits follow the user if a /link moved them meanwhile.
+        entry = await self.s.accounts.credit(
             account,
             amount,
-            f"grant:{req.platform}:{req.message_id}",
+            key,
             f"grant by {req.ident}",
             meta={"admin": req.ident},
+            pin=f"creditacct:{key}",
         )
+        account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
         balance = await self.s.wallet.balance(account)
         return FinalText(
@@ -309,7 +314,8 @@ class Commands:
         done = await self.s.store.get(marker)
         if done:
             return Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
-        refund = await self.s.wallet.credit(
+        # To the charged account; through Accounts, it follows the user if they /link'ed since.
+        refund = await self.s.accounts.credit(
             entry.account,
             -entry.amount,
             f"refund:{entry.id}",

@@ -66,7 +66,10 @@ class Core:
         self.chat = ChatFlow(services)
         self.commands = Commands(services, self.images)
         self.sweeper = Sweeper(
-            services.wallet, services.settings.sweep_interval_seconds, [self.images.resume]
+            services.wallet,
+            services.settings.sweep_interval_seconds,
+            # Credits held on an account when it was linked away follow once released.
+            [self.images.resume, services.accounts.settle_listed],
         )
         self._started = False
         self._names: dict[str, str] = {}  # display names already recorded by this process
@@ -369,7 +372,12 @@ class Core:
         entry = await self._payment_entry(key)
         if entry is None:
             raise LookupError(f"no payment credited with key {key!r}")
-        balance = await self.wallet.balance(entry.account)
+        # The credits follow a /link (Accounts.settle): take them back from the wallet the
+        # payer uses now, the first try's (pinned: a retry after another /link takes no more).
+        accounts = self.services.accounts
+        now_at = await accounts.moved_to(entry.account) or entry.account
+        account = await accounts.pinned(f"reverseacct:{key}", now_at)
+        balance = await self.wallet.balance(account)
         # Nothing available: ask for the whole payment anyway, so that a first reversal is
         # refused with InsufficientCredits.
         amount = min(entry.amount, balance.available)
@@ -377,7 +385,7 @@ class Core:
             amount = entry.amount
         try:
             return await self.wallet.debit(
-                entry.account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
+                account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
             )
         except IdempotencyConflict as exc:
             # A repeated reversal (an operator retrying a refund) after the balance changed
@@ -397,8 +405,10 @@ class Core:
         # Credit first (its wallet key makes a repeat harmless), then the flag: a crash in
         # between grants the trial on the next try instead of losing it.
         account = await self.account_of(platform, user_id)
-        try:
-            await self.wallet.credit(account, amount_milli, flag, "trial credits")
+        try:  # pinned, and following a /link that raced it (see Accounts.credit)
+            await self.services.accounts.credit(
+                account, amount_milli, flag, "trial credits", pin=f"creditacct:{flag}"
+            )
         except IdempotencyConflict as exc:
             # Credited before the crash, then TRIAL_CREDITS changed: that credit is the trial.
             if not (isinstance(exc.first, Entry) and exc.first.kind == CREDIT):

@@ -111,11 +111,20 @@ async def _grant(wallet: Wallet, store: Store, args: argparse.Namespace) -> int:
     amount = parse_credits(args.credits)
     if amount <= 0:
         raise Refused("grant a positive amount")
-    account = await Accounts(store, wallet).resolve_name(args.user)
+    accounts = Accounts(store, wallet)
+    account = await accounts.resolve_name(args.user)
     key = args.key or f"admin:grant:{uuid.uuid4().hex}"
-    entry = await wallet.credit(
-        account, amount, key, args.reason.strip() or "grant", meta={"by": "admin-cli"}
+    # The first run's account is pinned (a --key rerun after a /link credits nothing more),
+    # and the credits follow the user if a /link moved them meanwhile.
+    entry = await accounts.credit(
+        account,
+        amount,
+        key,
+        args.reason.strip() or "grant",
+        meta={"by": "admin-cli"},
+        pin=f"creditacct:{key}",
     )
+    account = await accounts.moved_to(entry.account) or entry.account
     b = await wallet.balance(account)
     print(
         f"granted {format_credits(entry.amount)} to {account} (entry {entry.id}); "
@@ -144,7 +153,8 @@ async def _make_good(
     done = await store.get(refund_key(entry.id))
     if done:
         raise Refused(f"entry {entry.id} was already made good by entry {done}")
-    made = await wallet.credit(
+    # To the charged account; the credits follow the user if they /link'ed since.
+    made = await Accounts(store, wallet).credit(
         entry.account,
         amount,
         refund_key(entry.id),

@@ -19,6 +19,7 @@ import pytest
 import billing
 from billing.pricing import PriceList
 from billing.wallet.base import CAPTURE
+from bot.accounts import Accounts
 from bot.cli import main
 from bot.cli.admin_users import remember_name
 from bot.codes import CodeError, redeem_code
@@ -187,6 +188,34 @@ def test_refund_and_compensate_accept_only_charges(cli: Run, sqlite_url: str) ->
         return (await wallet.balance("telegram:5")).total
 
     assert use(sqlite_url, total) == 0
+
+
+def test_grant_and_refund_reach_a_user_who_linked_since(any_cli: Run, store_url: str) -> None:
+    """`grant --key` rerun after the user's /link credits nothing more; a refund of a charge
+    made before the /link reaches the wallet the user pays from now, not the emptied one."""
+
+    async def setup(wallet, store):
+        await wallet.credit("wechat:o9", 50_000, "seed:9", "seed")
+        return await charge(wallet, "wechat:o9", 2_000, {"model": "gpt-4"}, "h9")
+
+    spent = use(store_url, setup)
+    code, out, _ = any_cli("grant", "wechat:o9", "3", "--reason", "gift", "--key", "g9")
+    assert code == 0 and "granted 3 to wechat:o9" in out
+
+    async def link(wallet, store):
+        accounts = Accounts(store, wallet)
+        await accounts.link("wechat", "o9", await accounts.new_link_code("telegram:9"))
+
+    use(store_url, link)
+    code, out, _ = any_cli("grant", "wechat:o9", "3", "--reason", "gift", "--key", "g9")
+    assert code == 0 and "granted 3 to telegram:9" in out  # the rerun: the same grant
+    code, out, _ = any_cli("refund", spent)
+    assert code == 0 and "refunded 2" in out
+
+    async def totals(wallet, store):
+        return [(await wallet.balance(a)).total for a in ("wechat:o9", "telegram:9")]
+
+    assert use(store_url, totals) == [0, 50_000 - 2_000 + 3_000 + 2_000]
 
 
 def test_report_totals_match_the_ledger(any_cli: Run, store_url: str) -> None:

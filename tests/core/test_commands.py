@@ -8,7 +8,16 @@ from billing.tokens import count_text
 from bot.core import Core
 from bot.events import FinalText, Notice
 from bot.i18n import keys
-from tests.core.conftest import PRICES, ask, captures, credits_of, fund, of_type, prompt_tokens
+from tests.core.conftest import (
+    PRICES,
+    MakeCore,
+    ask,
+    captures,
+    credits_of,
+    fund,
+    of_type,
+    prompt_tokens,
+)
 
 ACCOUNT = "telegram:u1"
 
@@ -147,6 +156,72 @@ async def test_link_takes_every_identity_of_the_old_wallet_along(core: Core) -> 
     for platform in ("telegram", "wechat", "console"):
         assert await core.account_of(platform, "carol") == "console:carol"
     assert (await core.wallet.balance("console:carol")).total == 21_000
+
+
+async def test_refunds_and_grants_reach_a_user_who_linked_since(
+    make_core: MakeCore, store_url: str
+) -> None:
+    """A refund of a charge made before /link, and a /grant whose account was looked up just
+    before the user linked, land in the wallet the user pays from now (every backend)."""
+    core = await make_core(store_url)
+    await fund(core, "wechat:dan", 10)
+    await ask(core, "hi [[tokens:5]]", user="dan", platform="wechat")
+    [charge] = await captures(core, "wechat:dan")
+    [code_msg] = await ask(core, "/link", user="dan")
+    code = code_msg.text.split("\n")[0].rsplit(" ", 1)[1]
+    await ask(core, f"/link {code}", user="dan", platform="wechat")
+    [done] = await ask(core, f"/refund {charge.id}", user="admin")
+    assert isinstance(done, FinalText)
+    assert (await core.wallet.balance("telegram:dan")).total == 10_000
+    # The grant's account is looked up, then the user links, then the grant is credited.
+    accounts = core.services.accounts
+    looked_up = accounts.resolve_name
+
+    async def resolve_then_link(name: str) -> str:
+        account = await looked_up(name)
+        await accounts.link("telegram", "dan", await accounts.new_link_code("console:dan"))
+        return account
+
+    accounts.resolve_name = resolve_then_link  # type: ignore[method-assign]
+    [granted] = await ask(core, "/grant telegram:dan 2", user="admin")
+    assert "Granted 2 credits to console:dan" in granted.text
+    assert (await core.wallet.balance("console:dan")).total == 12_000
+    for account in ("wechat:dan", "telegram:dan"):
+        assert (await core.wallet.balance(account)).total == 0
+
+
+async def test_a_payment_refunded_after_the_payer_linked_is_taken_back_once(
+    make_core: MakeCore, store_url: str
+) -> None:
+    """The payment's credits followed the payer to the linked wallet: its reversal takes
+    them from there, and a retry takes nothing more."""
+    core = await make_core(store_url)
+    entry = await core.credit_payment("wechat", "fay", 9_000, key="stars:f1", reason="stars")
+    accounts = core.services.accounts
+    await accounts.link("wechat", "fay", await accounts.new_link_code("telegram:fay"))
+    await fund(core, "telegram:fay", 4)
+    reversal = await core.reverse_payment("stars:f1", reason="refunded")
+    assert (reversal.account, reversal.amount, reversal.ref) == ("telegram:fay", -9_000, entry.id)
+    again = await core.reverse_payment("stars:f1", reason="refunded")
+    assert again.id == reversal.id
+    assert (await core.wallet.balance("telegram:fay")).total == 4_000
+    assert (await core.wallet.balance("wechat:fay")).total == 0
+
+
+async def test_the_sweeper_moves_credits_released_on_a_linked_away_wallet(core: Core) -> None:
+    """A reply had credits held on the old wallet when a payment landed there after /link:
+    once the hold is voided, the sweeper's pass moves them to the linked wallet."""
+    accounts = core.services.accounts
+    await accounts.link("wechat", "eve", await accounts.new_link_code("telegram:eve"))
+    await core.kv.set("payacct:stars:e1", "wechat:eve")  # the payment was pinned before
+    await core.wallet.credit("wechat:eve", 4_000, "stray", "a credit racing the link")
+    hold = await core.wallet.hold("wechat:eve", 4_000, "chat:eve", ttl=60)
+    await core.credit_payment("wechat", "eve", 7_000, key="stars:e1", reason="stars")
+    assert (await core.wallet.balance("telegram:eve")).total == 7_000
+    await core.wallet.void(hold.id)
+    await core.sweeper.tick()
+    assert (await core.wallet.balance("telegram:eve")).total == 11_000
+    assert (await core.wallet.balance("wechat:eve")).total == 0
 
 
 async def test_admin_commands_are_refused_to_others(core: Core) -> None:
