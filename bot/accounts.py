@@ -117,7 +117,7 @@ class Accounts:
         account = await self.pinned(f"payacct:{key}", await self.resolve(platform, user_id))
         entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
         await self.store.set(f"pay:{key}", entry.id)
-        await self.settle(account)
+        await self._settle_after_credit(account)
         return entry
 
     async def credit(
@@ -141,8 +141,22 @@ class Accounts:
         if pin is not None:
             account = await self.pinned(pin, account)
         entry = await self.wallet.credit(account, amount_milli, key, reason, ref=ref, meta=meta)
-        await self.settle(account)
+        await self._settle_after_credit(account)
         return entry
+
+    async def _settle_after_credit(self, account: str) -> None:
+        """`settle` after a credit that is done: its failure must not make the credit look
+        failed (a retry without a key would credit twice), so the account stays listed for
+        the sweeper (`settle_listed` finishes the move) and the caller gets its entry."""
+        try:
+            await self.settle(account)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # settle lists it too; this covers its reads
+                await self.store.sadd(UNSETTLED, account)
+            log.warning(
+                "moving a credit to a linked wallet failed (%s); the sweeper will finish it",
+                type(exc).__name__,
+            )
 
     async def pinned(self, pin: str, account: str) -> str:
         """The account first written under the store key `pin` (this one, unless a first try
@@ -169,8 +183,10 @@ class Accounts:
         Each move is a debit on the old account keyed by its newest ledger entry (so settles
         racing on the same state make the same move once) that names its destination, and a
         credit keyed by that debit; a settle first finishes every move whose credit is missing
-        (a crash in between). Held credits cannot move yet: the account is listed under
-        UNSETTLED and the sweeper settles it again (`settle_listed`) until it is empty.
+        (a crash in between). The account is listed under UNSETTLED before each move's debit
+        (a cancelled task or a killed process may stop between debit and credit) and when
+        held credits cannot move yet; the sweeper settles it again (`settle_listed`) and
+        unlists it once it is empty.
         """
         todo, done = [account], set()
         while todo and len(done) < MAX_HOPS:
@@ -207,6 +223,9 @@ class Accounts:
                 return credited
             recent = recent or await self.wallet.entries(src, limit=1)
             mark = recent[0].id if recent else "0"
+            # Listed before the debit: if this task is cancelled or the process dies between
+            # the debit and its credit, the sweeper's `settle_listed` finishes the move.
+            await self.store.sadd(UNSETTLED, src)
             try:
                 out = await self.wallet.debit(
                     src, balance.available, f"{DRAIN}{mark}:out", MOVE_OUT, meta={"to": dst}
@@ -238,12 +257,19 @@ class Accounts:
         are still listed."""
         left = 0
         for account in sorted(await self.store.smembers(UNSETTLED)):
-            await self.settle(account)
-            balance = await self.wallet.balance(account)
-            if (balance.total == 0 and balance.held == 0) or await self.moved_to(account) is None:
-                await self.store.srem(UNSETTLED, account)
-            else:
-                left += 1
+            try:
+                await self.settle(account)
+                balance = await self.wallet.balance(account)
+                empty = balance.total == 0 and balance.held == 0
+                if empty or await self.moved_to(account) is None:
+                    await self.store.srem(UNSETTLED, account)
+                    continue
+            except Exception as exc:  # one account's failure must not stop the pass
+                log.warning(
+                    "settling a linked-away account failed (%s); retried next pass",
+                    type(exc).__name__,
+                )
+            left += 1
         return left
 
     async def resolve_name(self, name: str) -> str:

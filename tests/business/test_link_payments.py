@@ -152,7 +152,8 @@ async def test_payment_retried_after_a_link_reaches_the_linked_wallet(bank: Bank
 
 async def test_payment_whose_move_was_cut_is_finished_once_by_its_retry(bank: Bank) -> None:
     """The credit lands on the linked-away account, then the move's credit fails: the
-    payment's retry finishes that move (the debit is not made again)."""
+    payment is reported credited (its retry must not look needed), the account stays listed
+    for the sweeper, and the payment's retry finishes that move (no second debit)."""
     acc = Accounts(bank.store, bank.wallet)
     await acc.link("wechat", "5", await acc.new_link_code("telegram:5"))
     await bank.store.set("payacct:tgstars:c1", "wechat:5")  # pinned before the link
@@ -164,10 +165,11 @@ async def test_payment_whose_move_was_cut_is_finished_once_by_its_retry(bank: Ba
             raise ConnectionError("connection lost")
 
     cut.before = lose_the_move
-    with pytest.raises(ConnectionError):
-        await cut.accounts(bank).credit_payment(
-            "wechat", "5", PAYMENT, key="tgstars:c1", reason="Telegram Stars"
-        )
+    entry = await cut.accounts(bank).credit_payment(
+        "wechat", "5", PAYMENT, key="tgstars:c1", reason="Telegram Stars"
+    )
+    assert (entry.account, entry.key, entry.amount) == ("wechat:5", "tgstars:c1", PAYMENT)
+    assert cut.before is None  # the move's credit did fail
     assert (await bank.wallet.balance("wechat:5")).total == 0  # debited, not yet credited
     assert await bank.store.smembers(UNSETTLED) == {"wechat:5"}  # the sweeper would finish it
     await acc.credit_payment("wechat", "5", PAYMENT, key="tgstars:c1", reason="Telegram Stars")
@@ -177,6 +179,91 @@ async def test_payment_whose_move_was_cut_is_finished_once_by_its_retry(bank: Ba
     await assert_consistent(bank.wallet, "wechat:5", "telegram:5")
     assert await acc.settle_listed() == 0
     assert await bank.store.smembers(UNSETTLED) == set()
+
+
+async def test_a_move_cancelled_between_debit_and_credit_is_finished_by_the_sweeper(
+    bank: Bank,
+) -> None:
+    """The task crediting a payment is cancelled (or the process killed) right after the
+    move's debit: the money is in no balance until the sweeper's pass, which moves it on to
+    the linked wallet, once."""
+    acc = Accounts(bank.store, bank.wallet)
+    await acc.link("wechat", "k", await acc.new_link_code("telegram:k"))
+    await bank.store.set("payacct:wxpay:k1", "wechat:k")  # pinned before the link
+    stuck = Actor()
+    debited = asyncio.Event()
+
+    async def hang_after_the_move_debit(n: int, name: str, args: tuple[Any, ...]) -> None:
+        if name == "debit" and str(args[2]).startswith("drain:"):
+            debited.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    stuck.after = hang_after_the_move_debit
+    task = asyncio.ensure_future(
+        stuck.accounts(bank).credit_payment("wechat", "k", PAYMENT, key="wxpay:k1", reason="p")
+    )
+    await asyncio.wait_for(debited.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await bank.wallet.balance("wechat:k")).total == 0  # debited ...
+    assert (await bank.wallet.balance("telegram:k")).total == 0  # ... and not yet credited
+    assert await acc.settle_listed() == 0
+    assert (await bank.wallet.balance("telegram:k")).total == PAYMENT
+    assert (await bank.wallet.balance("wechat:k")).total == 0
+    await credited_once(bank.wallet, "wxpay:k1", "wechat:k", "telegram:k")
+    moved_in = [e for e in await bank.wallet.entries("telegram:k") if e.key.startswith("drain:")]
+    assert [e.amount for e in moved_in] == [PAYMENT]
+    await assert_consistent(bank.wallet, "wechat:k", "telegram:k")
+    assert await bank.store.smembers(UNSETTLED) == set()
+    before = await snapshot(bank.wallet, "wechat:k", "telegram:k")
+    assert await acc.settle_listed() == 0  # another pass: nothing more moves
+    assert await snapshot(bank.wallet, "wechat:k", "telegram:k") == before
+
+
+async def test_a_grant_whose_move_fails_is_granted_once_and_finished_by_the_sweeper(
+    bank: Bank, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/grant to an account linked away meanwhile: the grant is done when the move after it
+    fails, so it is reported done (a retry without a key would grant twice); the sweeper
+    moves it."""
+    acc = Accounts(bank.store, bank.wallet)
+    await acc.link("wechat", "g", await acc.new_link_code("telegram:g"))
+
+    async def store_down(n: int, name: str, args: tuple[Any, ...]) -> None:
+        if name == "get":  # the settle's first read of the links
+            raise ConnectionError("store unreachable")
+
+    flaky = Accounts(Actor(before=store_down).wrap(bank.store), bank.wallet)
+    with caplog.at_level("WARNING", logger="bot.accounts"):
+        entry = await flaky.credit("wechat:g", 3000, "admin:grant:g1", "grant")
+    assert (entry.account, entry.amount) == ("wechat:g", 3000)
+    assert "sweeper will finish it" in caplog.text
+    assert await bank.store.smembers(UNSETTLED) == {"wechat:g"}
+    assert await acc.settle_listed() == 0
+    assert (await bank.wallet.balance("telegram:g")).total == 3000
+    assert (await bank.wallet.balance("wechat:g")).total == 0
+    await assert_consistent(bank.wallet, "wechat:g", "telegram:g")
+
+
+async def test_one_failing_account_does_not_stop_the_sweepers_pass(bank: Bank) -> None:
+    acc = Accounts(bank.store, bank.wallet)
+    for who in ("a", "b"):
+        await acc.link("wechat", f"u{who}", await acc.new_link_code(f"telegram:u{who}"))
+        await bank.wallet.credit(f"wechat:u{who}", 700, f"stray:{who}", "stray")
+        await bank.store.sadd(UNSETTLED, f"wechat:u{who}")
+
+    async def first_fails(n: int, name: str, args: tuple[Any, ...]) -> None:
+        if args and args[0] == "wechat:ua":  # sorted first
+            raise ConnectionError("connection lost")
+
+    sweeper = Accounts(bank.store, Actor(before=first_fails).wrap(bank.wallet))
+    assert await sweeper.settle_listed() == 1  # wechat:ua stays listed for the next pass
+    assert (await bank.wallet.balance("telegram:ub")).total == 700
+    assert await bank.store.smembers(UNSETTLED) == {"wechat:ua"}
+    assert await acc.settle_listed() == 0
+    assert (await bank.wallet.balance("telegram:ua")).total == 700
+    await assert_consistent(bank.wallet, "wechat:ua", "telegram:ua", "wechat:ub", "telegram:ub")
 
 
 # --- a /link racing a payment, every way round --------------------------------------------------
