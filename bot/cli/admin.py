@@ -31,7 +31,10 @@ from typing import Any
 import billing
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import Entry, Wallet, WalletError
+from bot.accounts import Accounts
+from bot.cli.admin_common import bank_command
 from bot.settings import get_settings
+from bot.store.base import Store
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 WalletRun = Callable[[Wallet, argparse.Namespace], Awaitable[int]]
@@ -108,10 +111,10 @@ def _register_credit(admin: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", required=True, help="shown in the ledger")
     p.add_argument("--ref", metavar="ENTRY_ID", help="the ledger entry this compensates")
     p.add_argument("--key", help="idempotency key: the same key again credits nothing more")
-    p.set_defaults(func=wallet_command("credit", _credit))
+    p.set_defaults(func=bank_command("credit", _credit))
 
 
-async def _credit(wallet: Wallet, args: argparse.Namespace) -> int:
+async def _credit(wallet: Wallet, store: Store, args: argparse.Namespace) -> int:
     amount = parse_credits(args.credits)
     if amount <= 0:
         raise ValueError("credit a positive amount")
@@ -125,12 +128,17 @@ async def _credit(wallet: Wallet, args: argparse.Namespace) -> int:
         if linked.account != args.account:
             raise ValueError(f"entry {args.ref} belongs to {linked.account}, not {args.account}")
     key = args.key or f"admin:credit:{uuid.uuid4().hex}"
-    entry = await wallet.credit(
+    # Through Accounts.credit: credits to an account whose identities were /link-ed away
+    # (a compensation must name the entry's own account) follow to the linked wallet.
+    accounts = Accounts(store, wallet)
+    entry = await accounts.credit(
         args.account, amount, key, reason, ref=args.ref, meta={"by": "admin-cli"}
     )
-    balance = await wallet.balance(args.account)
+    now_at = await accounts.moved_to(entry.account)
+    balance = await wallet.balance(now_at or entry.account)
+    moved = f", moved to linked wallet {now_at}" if now_at else ""
     print(
-        f"credited {format_credits(entry.amount)} to {entry.account} (entry {entry.id}); "
+        f"credited {format_credits(entry.amount)} to {entry.account} (entry {entry.id}{moved}); "
         f"available {format_credits(balance.available)}"
     )
     return 0

@@ -150,8 +150,10 @@ async def build_report(wallet: Wallet, prices: PriceList, start: datetime, end: 
                     report.reversed_count += 1
             elif e.kind == CREDIT:
                 source = e.key.split(":", 1)[0]
-                if source == "link":
-                    continue  # credits moving between one person's linked wallets
+                if source in ("link", "drain"):
+                    # Credits moving between one person's linked wallets (/link, and
+                    # Accounts.settle's moves of what reached a linked-away account).
+                    continue
                 if source in TOPUP_SOURCES:
                     bucket = report.topups.setdefault(source, [0, 0])
                 elif e.ref is not None:

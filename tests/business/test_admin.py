@@ -345,3 +345,55 @@ def test_check_finds_a_hold_the_sweeper_missed(cli: Run, sqlite_url: str) -> Non
     code, out, _ = cli("check", "--grace", "0")
     assert code == 1 and f"hold {hold_id} of telegram:1" in out and "still open" in out
     assert cli("check")[0] == 0  # within the default grace the sweeper may still come
+
+
+def test_admin_credit_compensation_reaches_a_user_who_linked_since(
+    any_cli: Run, store_url: str
+) -> None:
+    """`admin credit --ref` must name the entry's own account; if its identities were linked
+    away, the compensation moves on to the wallet the user pays from now."""
+
+    async def setup(wallet, store):
+        await wallet.credit("wechat:o5", 50_000, "seed:5", "seed")
+        spent = await charge(wallet, "wechat:o5", 2_000, {"model": "gpt-4"}, "h5")
+        accounts = Accounts(store, wallet)
+        await accounts.link("wechat", "o5", await accounts.new_link_code("telegram:5"))
+        return spent
+
+    spent = use(store_url, setup)
+    argv = ("credit", "wechat:o5", "2", "--reason", "overcharge", "--ref", spent, "--key", "c5")
+    for _ in range(2):  # the same --key again credits nothing more
+        code, out, err = any_cli(*argv)
+        assert code == 0, err
+        assert "credited 2 to wechat:o5" in out and "moved to linked wallet telegram:5" in out
+
+    async def state(wallet, store):
+        made = [e for e in await wallet.entries("wechat:o5") if e.key == "c5"]
+        totals = [(await wallet.balance(a)).total for a in ("wechat:o5", "telegram:5")]
+        return [e.ref for e in made], totals
+
+    refs, totals = use(store_url, state)
+    assert refs == [spent]
+    assert totals == [0, 50_000 - 2_000 + 2_000]
+
+
+def test_report_counts_a_payment_moved_to_a_linked_wallet_once(
+    any_cli: Run, store_url: str
+) -> None:
+    """A payment that reached a linked-away account and was moved on (Accounts.settle) is one
+    top-up; the move is neither a refund nor another top-up."""
+
+    async def setup(wallet, store):
+        accounts = Accounts(store, wallet)
+        await accounts.link("wechat", "m1", await accounts.new_link_code("telegram:m1"))
+        await store.set("payacct:wxpay:m1", "wechat:m1")  # pinned before the link
+        await accounts.credit_payment("wechat", "m1", 99_000, key="wxpay:m1", reason="pay")
+        return [e.key for e in await wallet.entries("telegram:m1")]
+
+    assert any(k.startswith("drain:") for k in use(store_url, setup))  # it did move
+    today = str(datetime.now(UTC).date())
+    code, out, _ = any_cli("report", "--from", today, "--to", today, "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["topups"] == {"wxpay": {"count": 1, "milli": 99_000}}
+    assert (r["refunds_milli"], r["other_credits"], r["margin_milli"]) == (0, {}, 0)
