@@ -18,8 +18,15 @@ from typing import Any
 from billing.pricing import PriceList
 from billing.tokens import get_encoding
 from billing.wallet import open_wallet
-from billing.wallet.base import CREDIT, DEBIT, Entry, IdempotencyConflict, Wallet
-from bot.accounts import Accounts, account_for, ident_key, identity, remember_name
+from billing.wallet.base import (
+    CREDIT,
+    DEBIT,
+    Entry,
+    IdempotencyConflict,
+    InsufficientCredits,
+    Wallet,
+)
+from bot.accounts import MAX_HOPS, Accounts, account_for, ident_key, identity, remember_name
 from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
@@ -375,8 +382,26 @@ class Core:
         # The credits follow a /link (Accounts.settle): take them back from the wallet the
         # payer uses now, the first try's (pinned: a retry after another /link takes no more).
         accounts = self.services.accounts
+        pin = f"reverseacct:{key}"
         now_at = await accounts.moved_to(entry.account) or entry.account
-        account = await accounts.pinned(f"reverseacct:{key}", now_at)
+        account = await accounts.pinned(pin, now_at)
+        for hop in range(MAX_HOPS):
+            try:
+                return await self._reverse_from(account, entry, key, reason)
+            except InsufficientCredits:
+                # Pinned by a try that took nothing (a replay of a debit that happened is
+                # never refused), and the user /link-ed since: the money moved on, so the
+                # reversal follows it. Re-pinned atomically, so racing retries agree.
+                moved = await accounts.moved_to(account)
+                if moved is None or hop == MAX_HOPS - 1:
+                    raise
+                if await self.kv.delete_if(pin, account):
+                    await self.kv.add(pin, moved)
+                account = await accounts.pinned(pin, moved)
+        raise AssertionError("unreachable")  # the last hop returned or raised
+
+    async def _reverse_from(self, account: str, entry: Entry, key: str, reason: str) -> Entry:
+        """One try of `reverse_payment` on `account` (as much as is available there)."""
         balance = await self.wallet.balance(account)
         # Nothing available: ask for the whole payment anyway, so that a first reversal is
         # refused with InsufficientCredits.

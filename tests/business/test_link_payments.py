@@ -566,3 +566,46 @@ async def test_two_links_at_once_leave_nobody_on_an_emptied_wallet(bank: Bank) -
             await assert_consistent(bank.wallet, tg, wx, con)
             if not reached:
                 break
+
+
+async def test_a_reversal_retried_after_a_link_takes_the_payment_from_where_it_moved(
+    bank: Bank,
+) -> None:
+    """A payment's reversal fails before taking anything (pinned to the payer's account),
+    then the payer /link-s and the money moves: the retry takes it back from the linked
+    wallet, once, instead of being refused forever."""
+    from bot.core import Core
+    from bot.settings import Settings
+
+    state = {"down": True}
+
+    async def first_try_fails(n: int, name: str, args: tuple[Any, ...]) -> None:
+        if name == "debit" and str(args[2]).startswith("reverse:") and state["down"]:
+            state["down"] = False
+            raise ConnectionError("connection lost")
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, wallet_url=bank.url, openai_api_key="sk-test", mj_base_url=""
+    )
+    wallet = Actor(before=first_try_fails).wrap(bank.wallet)
+    core = await Core.create(settings, wallet=wallet, store=bank.store, openai=object())
+    try:
+        paid = await core.credit_payment("wechat", "rv", PAYMENT, key="stars:rv", reason="p")
+        with pytest.raises(ConnectionError):
+            await core.reverse_payment("stars:rv", reason="refunded")
+        acc = Accounts(bank.store, bank.wallet)
+        await acc.link("wechat", "rv", await acc.new_link_code("telegram:rv"))
+        assert (await bank.wallet.balance("telegram:rv")).total == PAYMENT  # it moved
+        reversal = await core.reverse_payment("stars:rv", reason="refunded")
+        assert (reversal.account, reversal.amount, reversal.ref) == (
+            "telegram:rv",
+            -PAYMENT,
+            paid.id,
+        )
+        again = await core.reverse_payment("stars:rv", reason="refunded")
+        assert again.id == reversal.id
+    finally:
+        await core.close()
+    for account in ("wechat:rv", "telegram:rv"):
+        assert (await bank.wallet.balance(account)).total == 0
+    await assert_consistent(bank.wallet, "wechat:rv", "telegram:rv")
