@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from adapters import wechatpay as adapter
-from billing.wallet.base import Entry
+from bot.accounts import Accounts
 from bot.events import Delivery, Notice
 from bot.payments import WeChatPay, parse_fen, qr_png, sign_v2, verify_v3
 from bot.settings import Settings
@@ -46,22 +46,22 @@ async def served(app: web.Application) -> AsyncIterator[str]:
 
 
 class CoreStandIn:
-    """What the endpoint needs of the Core: its store and `credit_payment`."""
+    """What the endpoint needs of the Core: its store, `credit_payment` and a sink.
+
+    `credit_payment` is the real one the Core delegates to (`Accounts.credit_payment` on the
+    test's store and wallet, as `creditbot admin order` builds it): the payer's account pinned
+    under `payacct:`, the credit, its `pay:` record.
+    """
 
     def __init__(self, bank: Bank) -> None:
         self.kv = bank.store
         self.wallet = bank.wallet
+        self.accounts = Accounts(bank.store, bank.wallet)
+        self.credit_payment = self.accounts.credit_payment
         self.delivered: list[Delivery] = []
 
     async def deliver(self, delivery: Delivery) -> None:
         self.delivered.append(delivery)
-
-    async def credit_payment(
-        self, platform: str, user_id: str, amount_milli: int, *, key: str, reason: str, meta=None
-    ) -> Entry:
-        return await self.wallet.credit(
-            f"{platform}:{user_id}", amount_milli, key, reason, meta=meta
-        )
 
 
 @dataclass

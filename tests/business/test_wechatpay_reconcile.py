@@ -347,8 +347,39 @@ async def test_reconciliation_and_notification_at_the_same_moment_credit_once(
         entries = await bank.wallet.entries("wechat:42")
         assert sorted(e.key for e in entries) == sorted(o.key for o in orders)
         assert len(told(shop)) == 3
+        by_key = {e.key: e.id for e in entries}
         for order in orders:
             assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+            # Credited through Accounts.credit_payment: the payer pinned, the entry recorded.
+            assert await bank.store.get(f"payacct:{order.key}") == "wechat:42"
+            assert await bank.store.get(f"pay:{order.key}") == by_key[order.key]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_notification(
+    bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        accounts = shop.core.accounts
+        await accounts.link("wechat", "42", await accounts.new_link_code("telegram:7"))
+        order = await shop.pay.create_order("wechat", "42", 700)
+        shop.fake.pay(order.out_trade_no)
+        when = deadline(order)
+        await asyncio.gather(
+            notification(shop, version, order),
+            shop.pay.reconcile(when),
+            check(shop.pay, order.out_trade_no),
+            shop.pay.reconcile(when),
+            notification(shop, version, order),
+        )
+        # The linked wallet is paid, once; the WeChat identity's own account gets nothing.
+        assert (await bank.wallet.balance("telegram:7")).total == 700 * MILLI_PER_FEN
+        assert await shop.balance() == 0
+        [entry] = await bank.wallet.entries("telegram:7")
+        assert entry.key == order.key
+        assert await bank.store.get(f"payacct:{order.key}") == "telegram:7"
+        assert await bank.store.get(f"pay:{order.key}") == entry.id
+        assert len(told(shop)) == 1
 
 
 # --- the operator's hand: creditbot admin order -------------------------------------------------
