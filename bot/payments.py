@@ -40,6 +40,7 @@ import html
 import io
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 
 MILLI_PER_FEN = 100 * 1000  # 1 fen = 100 credits
 V3_MAX_SKEW_SECONDS = 300
+# A Wechatpay-Timestamp: ASCII digits only (str.isdigit takes "²", which int() refuses), and
+# short enough for int() (which refuses more than 4,300 digits).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 # Credit callback: Core.credit_payment(platform, user_id, amount_milli, *, key, reason, meta).
 CreditFn = Callable[..., Awaitable[Any]]
@@ -217,6 +221,22 @@ def sign_v2(params: Mapping[str, Any], key: str, sign_type: str = "MD5") -> str:
     if sign_type.upper() == "MD5":
         return hashlib.md5(text.encode()).hexdigest().upper()
     raise NotifyRejected(f"unknown sign_type {sign_type!r}")
+
+
+def same_sign(expected: str, given: str) -> bool:
+    """Constant-time check of a signature we computed against one we were given.
+
+    compare_digest raises TypeError on a non-ASCII str, so a non-ASCII `given` (anyone can send
+    one) is simply a mismatch, and the comparison is made on bytes.
+    """
+    return given.isascii() and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def fresh_timestamp(ts: str, now: float | None = None) -> bool:
+    """A v3 Wechatpay-Timestamp: ASCII digits, within V3_MAX_SKEW_SECONDS of now."""
+    if not _TIMESTAMP.fullmatch(ts):
+        return False
+    return abs((time.time() if now is None else now) - int(ts)) <= V3_MAX_SKEW_SECONDS
 
 
 def to_xml(params: Mapping[str, Any]) -> bytes:
@@ -554,7 +574,7 @@ class WeChatPay:
             raise PaymentError(f"WeChat Pay refused the call: {data.get('return_msg') or 'FAIL'}")
         # Signed with the sign type we asked with: an answer cannot pick a weaker one.
         expected = sign_v2(data, cfg.api_key, cfg.sign_type)
-        if not hmac.compare_digest(expected, data.get("sign", "")):
+        if not same_sign(expected, data.get("sign", "")):
             raise PaymentError("WeChat Pay's answer is not signed with our key")
         return data
 
@@ -608,8 +628,8 @@ class WeChatPay:
         signature = resp.headers.get("wechatpay-signature", "")
         if not (ts and nonce and signature and resp.headers.get("wechatpay-serial")):
             raise PaymentError(f"WeChat Pay's answer (HTTP {resp.status_code}) is not signed")
-        if not ts.isdigit() or abs(time.time() - int(ts)) > V3_MAX_SKEW_SECONDS:
-            raise PaymentError("WeChat Pay's answer has a timestamp too far off")
+        if not fresh_timestamp(ts):
+            raise PaymentError("WeChat Pay's answer has a timestamp missing or too far off")
         message = f"{ts}\n{nonce}\n{resp.content.decode('utf-8', 'replace')}\n"
         if not verify_v3(self._platform_key, message, signature):
             raise PaymentError("WeChat Pay's answer does not carry the platform's signature")
@@ -842,9 +862,12 @@ class WeChatPay:
             data = from_xml(body)
             if not self.config.api_key:
                 raise NotifyRejected("v2 is not configured")
-            sign_type = data.get("sign_type") or self.config.sign_type
-            expected = sign_v2(data, self.config.api_key, sign_type)
-            if not hmac.compare_digest(expected, data.get("sign", "")):
+            # Pinned to the configured sign type, as API answers are: a notification cannot
+            # pick a weaker one (MD5 when HMAC-SHA256 is configured).
+            if (data.get("sign_type") or self.config.sign_type) != self.config.sign_type:
+                raise NotifyRejected("sign_type is not the configured one")
+            expected = sign_v2(data, self.config.api_key, self.config.sign_type)
+            if not same_sign(expected, data.get("sign", "")):
                 raise NotifyRejected("bad signature")
             if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
                 # A failed payment: nothing to credit, but nothing wrong with the message.
@@ -871,7 +894,7 @@ class WeChatPay:
             ts = h.get("wechatpay-timestamp", "")
             nonce = h.get("wechatpay-nonce", "")
             signature = h.get("wechatpay-signature", "")
-            if not ts.isdigit() or abs(time.time() - int(ts)) > V3_MAX_SKEW_SECONDS:
+            if not fresh_timestamp(ts):
                 raise NotifyRejected("timestamp missing or too far off")
             message = f"{ts}\n{nonce}\n{body.decode('utf-8', 'replace')}\n"
             if not verify_v3(self._platform_key, message, signature):
@@ -880,12 +903,18 @@ class WeChatPay:
                 envelope = json.loads(body)
             except ValueError as exc:
                 raise NotifyRejected("malformed JSON") from exc
+            if not isinstance(envelope, dict):
+                raise NotifyRejected("malformed JSON")
             if envelope.get("event_type") != "TRANSACTION.SUCCESS":
                 return NotifyAnswer(204, b"", "application/json")
-            tx = decrypt_v3(self.config.api_v3_key, envelope.get("resource") or {})
+            resource = envelope.get("resource")
+            tx = decrypt_v3(self.config.api_v3_key, resource if isinstance(resource, dict) else {})
+            if not isinstance(tx, dict):
+                raise NotifyRejected("malformed resource")
             if tx.get("trade_state") != "SUCCESS":
                 return NotifyAnswer(204, b"", "application/json")
-            amount = tx.get("amount") or {}
+            amount = tx.get("amount")
+            amount = amount if isinstance(amount, dict) else {}
             credited = await self._settle(
                 out_trade_no=str(tx.get("out_trade_no", "")),
                 fen=amount.get("total", ""),

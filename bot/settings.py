@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     wechatpay_mchid: str = ""
     wechatpay_api_key: str = ""
     wechatpay_api_v3_key: str = ""
-    wechatpay_sign_type: str = "HMAC-SHA256"
+    # v2 signatures, ours and WeChat Pay's (answers and notifications are pinned to it).
+    wechatpay_sign_type: Literal["HMAC-SHA256", "MD5"] = "HMAC-SHA256"
     wechatpay_notify_path: str = "/wechatpay/notify"
     wechatpay_notify_url: str = ""
     wechatpay_api_base: str = "https://api.mch.weixin.qq.com"
@@ -89,6 +90,12 @@ class Settings(BaseSettings):
     wechatpay_private_key: Path | None = None
     wechatpay_cert_serial: str = ""
     wechatpay_order_ttl_seconds: int = 1800
+
+    @field_validator("wechatpay_sign_type", mode="before")
+    @classmethod
+    def _sign_type_or_default(cls, value: object) -> object:
+        """An empty WECHATPAY_SIGN_TYPE= is the default; any other value must be exact."""
+        return value or "HMAC-SHA256"
 
     @property
     def simulated(self) -> bool:

@@ -92,8 +92,9 @@ class Trade:
 
 
 FAULTS = {
-    *("500", "429", "timeout", "badsig", "unsigned", "stale"),
-    *("amount", "mchid", "appid", "paid-after"),
+    *("ok", "500", "429", "timeout", "badsig", "unsigned", "stale"),
+    *("amount", "mchid", "appid", "paid-after", "notfound", "foreign"),
+    *("replayed", "garbled"),
 }
 
 
@@ -103,10 +104,16 @@ class FakeWeChatPay:
     `orders` records what the bot asked to create, `trades` what each order has become, and
     `calls` every (what, out_trade_no) it was asked: "order", "query", "close". `pay(no)` plays
     the user paying. `misbehave(on, *faults)` makes the next calls to "order", "query" or
-    "close" misbehave, one fault per call: "500", "429", "timeout" (answers after `delay`
-    seconds), "badsig" (signed with a key that is not ours), "unsigned", "stale" (v3: a
-    timestamp 10 minutes old), or, on a query, a SUCCESS answer with a wrong "amount",
-    "mchid" or "appid", or "paid-after": the answer says NOTPAY and the user pays right after.
+    "close" misbehave, one fault per call: "ok" (none, to aim at a later call), "500",
+    "429", "timeout" (answers after `delay` seconds), "badsig" (signed with a key that is not
+    ours), "unsigned", "stale" (v3: a timestamp 10 minutes old), "garbled" (v2: a non-ASCII
+    sign; v3: a Unicode-digit timestamp, "²", that str.isdigit takes), or, on a query, a SUCCESS
+    answer with a wrong "amount", "mchid" or "appid", "paid-after" (the answer says NOTPAY and
+    the user pays right after), "notfound" (a genuine "no such order" answer, as one replayed
+    from another query would be: it names no order), or "foreign" (the order's true state,
+    with another merchant's mchid and app id); on a close, "replayed": a genuine-looking
+    confirmation (v3: a signed empty 204; v2: SUCCESS, no order number), as a replay of
+    another close's answer would be, while the order stays as it is.
     """
 
     def __init__(self, keys: Keys, *, delay: float = 2.0) -> None:
@@ -146,7 +153,7 @@ class FakeWeChatPay:
         fault = self.faults[on].pop(0) if self.faults[on] else None
         if fault == "timeout":
             await asyncio.sleep(self.delay)
-        return fault
+        return None if fault == "ok" else fault
 
     # -- v2 --
 
@@ -157,6 +164,8 @@ class FakeWeChatPay:
         if fault != "unsigned":
             key = "x" * 32 if fault == "badsig" else API_KEY
             answer["sign"] = sign_v2(answer, key, sign_type)
+        if fault == "garbled":
+            answer["sign"] = "签名" + answer["sign"][2:]
         return web.Response(body=to_xml(answer), content_type="text/xml")
 
     async def _v2_request(self, request: web.Request) -> dict[str, str] | None:
@@ -205,9 +214,11 @@ class FakeWeChatPay:
             "mch_id": MCHID,
         }
         trade = self.trades.get(otn)
-        if trade is None:
+        if trade is None or fault == "notfound":
             answer.update(result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="订单不存在")
             return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
+        if fault == "foreign":
+            answer.update(appid="wx0000000000000000", mch_id="1900000999")
         answer.update(
             result_code="SUCCESS",
             out_trade_no=otn,
@@ -249,6 +260,9 @@ class FakeWeChatPay:
             if fault is None:
                 trade.state = "CLOSED"
             answer["result_code"] = "SUCCESS"
+        if fault == "replayed":  # another order's confirmation: this one is left as it is
+            answer = {"return_code": "SUCCESS", "result_code": "SUCCESS"}
+            answer |= {"appid": APPID, "mch_id": MCHID}
         return self._v2_answer(answer, data.get("sign_type", "MD5"), fault)
 
     # -- v3 --
@@ -266,7 +280,7 @@ class FakeWeChatPay:
         headers = {}
         if fault != "unsigned":
             headers = {
-                "Wechatpay-Timestamp": str(ts),
+                "Wechatpay-Timestamp": "\u00b2" if fault == "garbled" else str(ts),
                 "Wechatpay-Nonce": nonce,
                 "Wechatpay-Signature": rsa_sign(signer, f"{ts}\n{nonce}\n{body}\n"),
                 "Wechatpay-Serial": self.keys.serial,
@@ -333,11 +347,12 @@ class FakeWeChatPay:
         if request.query.get("mchid") != MCHID:
             return self._v3_answer(400, {"code": "PARAM_ERROR", "message": "mchid"}, fault)
         trade = self.trades.get(otn)
-        if trade is None:
+        if trade is None or fault == "notfound":
             return self._v3_answer(404, {"code": "ORDER_NOT_EXIST", "message": "无"}, fault)
+        foreign = fault == "foreign"
         answer: dict[str, Any] = {
-            "appid": APPID,
-            "mchid": MCHID,
+            "appid": "wx0000000000000000" if foreign else APPID,
+            "mchid": "1900000999" if foreign else MCHID,
             "out_trade_no": otn,
             "trade_type": trade.trade_type,
             "trade_state": trade.state,
@@ -372,6 +387,8 @@ class FakeWeChatPay:
         otn = request.match_info["no"]
         self.calls.append(("close", otn))
         fault = await self._fault("close")
+        if fault == "replayed":  # another order's confirmation: this one is left as it is
+            return self._v3_answer(204, None)
         if json.loads(body or "{}").get("mchid") != MCHID:
             return self._v3_answer(400, {"code": "PARAM_ERROR", "message": "mchid"}, fault)
         trade = self.trades.get(otn)
@@ -393,8 +410,12 @@ def notify_v2(
     mch_id: str = MCHID,
     appid: str = APPID,
     fee_type: str = "CNY",
+    named_type: str | None = "",
 ) -> bytes:
-    """A v2 payment notification as WeChat Pay posts it."""
+    """A v2 payment notification as WeChat Pay posts it, signed with `sign_type`.
+
+    Its sign_type field says `sign_type` unless `named_type` says otherwise (None: no field).
+    """
     data: dict[str, Any] = {
         "appid": appid,
         "bank_type": "OTHERS",
@@ -407,12 +428,14 @@ def notify_v2(
         "out_trade_no": out_trade_no,
         "result_code": "SUCCESS",
         "return_code": "SUCCESS",
-        "sign_type": sign_type,
+        "sign_type": named_type if named_type != "" else sign_type,
         "time_end": time.strftime("%Y%m%d%H%M%S"),
         "total_fee": total_fee,
         "trade_type": "NATIVE",
         "transaction_id": "4200" + secrets.token_hex(12),
     }
+    if data["sign_type"] is None:
+        del data["sign_type"]
     data["sign"] = sign_v2(data, key, sign_type)
     return to_xml(data)
 

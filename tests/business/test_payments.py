@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import httpx
 import png
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from adapters import wechatpay as adapter
 from bot.accounts import Accounts
@@ -204,6 +206,89 @@ async def test_forged_and_mismatched_v2_notifications_credit_nothing(
             assert answer.status_code >= 400 and b"FAIL" in answer.content, body
         assert await shop.balance() == 0
         assert (await shop.pay.get_order(otn)).status == "unpaid"
+
+
+async def test_v2_notification_cannot_pick_a_weaker_sign_type(
+    sqlite_bank: Bank, tmp_path: Path
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, sign_type="HMAC-SHA256") as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        otn = order.out_trade_no
+        downgrades = [
+            # Signed with the API key, but with MD5 and saying so (a captured MD5 signature).
+            fake.notify_v2(otn, 100, sign_type="MD5"),
+            fake.notify_v2(otn, 100, sign_type="MD5", named_type=None),
+            fake.notify_v2(otn, 100, named_type="MD5"),
+        ]
+        for body in downgrades:
+            answer = await shop.notify(body)
+            assert answer.status_code == 400 and b"FAIL" in answer.content, body
+        assert await shop.balance() == 0
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+        # The configured type credits, whether the notification names it or not (once).
+        for body in (fake.notify_v2(otn, 100, named_type=None), fake.notify_v2(otn, 100)):
+            answer = await shop.notify(body)
+            assert answer.status_code == 200 and b"SUCCESS" in answer.content
+        assert await shop.balance() == 100 * MILLI_PER_FEN
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_v2_garbage_signature_is_a_plain_fail(
+    sqlite_bank: Bank, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        genuine = fake.notify_v2(order.out_trade_no, 100)
+        for sign in ("\u00e9", "签名", "\u00b2" * 64):
+            body = genuine.replace(b"<sign>", b"<sign>" + sign.encode())
+            answer = await shop.notify(body)
+            assert answer.status_code == 400 and b"FAIL" in answer.content, sign
+        assert errors(caplog) == []  # refused, not a 500 with a traceback
+        assert await shop.balance() == 0
+
+
+async def test_v3_garbage_timestamp_or_signature_is_a_plain_fail(
+    sqlite_bank: Bank, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=True) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        headers, body = fake.notify_v3(shop.fake.keys, order.out_trade_no, 100)
+        ts = headers["Wechatpay-Timestamp"]
+        arabic = ts.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+        garbage: list[tuple[str, bytes]] = [
+            ("Wechatpay-Timestamp", "\u00b2".encode()),  # isdigit() says yes, int() says no
+            ("Wechatpay-Timestamp", arabic.encode()),  # int() reads it: still not ASCII
+            ("Wechatpay-Timestamp", b"1" * 5000),  # int() refuses more than 4300 digits
+            ("Wechatpay-Timestamp", b"-" + ts.encode()),
+            ("Wechatpay-Signature", "\u00e9".encode() + headers["Wechatpay-Signature"].encode()),
+            ("Wechatpay-Signature", b"\xff\xfe"),  # not even UTF-8
+            ("Wechatpay-Nonce", b"\xff"),
+        ]
+        for name, value in garbage:
+            raw = {k: v.encode() for k, v in headers.items()} | {name: value}
+            answer = await shop.http.post(shop.notify_url, content=body, headers=raw)
+            assert answer.status_code == 400, (name, value[:20], answer.status_code)
+            assert answer.json()["code"] == "FAIL"
+        assert errors(caplog) == []
+        assert await shop.balance() == 0
+        assert (await shop.notify(body, headers)).status_code == 204  # the genuine one
+        assert await shop.balance() == 100 * MILLI_PER_FEN
+
+
+def test_sign_type_setting_is_checked_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("SHA1", "md5", "HMAC_SHA256"):
+        with pytest.raises(ValidationError, match="wechatpay_sign_type"):
+            Settings(_env_file=None, wechatpay_sign_type=bad)
+    monkeypatch.setenv("WECHATPAY_SIGN_TYPE", "hmac-sha256")
+    with pytest.raises(ValidationError, match="'HMAC-SHA256' or 'MD5'"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("WECHATPAY_SIGN_TYPE", "MD5")
+    assert Settings(_env_file=None).wechatpay_sign_type == "MD5"
+    monkeypatch.setenv("WECHATPAY_SIGN_TYPE", "")  # left empty: the default
+    assert Settings(_env_file=None).wechatpay_sign_type == "HMAC-SHA256"
 
 
 async def test_jsapi_order_gives_weixinjsbridge_parameters(

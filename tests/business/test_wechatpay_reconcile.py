@@ -212,12 +212,14 @@ QUERY_FAULTS = [
     ("v2", "timeout"),
     ("v2", "badsig"),
     ("v2", "unsigned"),
+    ("v2", "garbled"),
     ("v3", "500"),
     ("v3", "429"),
     ("v3", "timeout"),
     ("v3", "badsig"),
     ("v3", "unsigned"),
     ("v3", "stale"),
+    ("v3", "garbled"),
 ]
 
 
@@ -454,7 +456,7 @@ def test_admin_order_shows_wechat_pays_answer_and_credits_a_paid_order_once(
         wxpay.pay(paid)  # the notification never reached the bot
 
         # WeChat Pay cannot be asked, or its answer does not verify or match: nothing changes.
-        for fault in ("500", "badsig", "amount", "mchid"):
+        for fault in ("500", "badsig", "garbled", "amount", "mchid"):
             wxpay.misbehave("query", fault)
             code, out, err = cli("order", paid)
             assert code == 1 and "nothing" in err and "credited +" not in out, fault
