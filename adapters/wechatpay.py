@@ -3,8 +3,9 @@
 `install(core, settings, app)` adds `POST settings.wechatpay_notify_path` and returns a front
 end whose `start()` runs the sweeper: every minute it reconciles open orders with WeChat Pay
 (`WeChatPay.reconcile`: a paid order whose notification was lost is credited, an unpaid one is
-closed and expired at its deadline). The order logic and the
-signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
+closed at its deadline and expired once WeChat Pay's answer names it closed). Cancelling the
+sweeper mid-pass is safe: every step is idempotent and the next pass resumes. The order logic
+and the signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
 SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
 
 The `WeChatPay` service is also put at `app[APP_KEY]`; a front end offers a top-up with

@@ -24,9 +24,20 @@ checks and the same idempotent credit as a notification; an unpaid order is clos
 before it is marked expired, so it cannot be paid afterwards. An answer that fails (network,
 5xx, 429) or does not verify changes nothing: the next pass asks again.
 
+An order is marked expired only on a verified answer that names it: a query saying CLOSED (or
+REVOKED) with our out_trade_no, mchid and appid in the signed body. The close's own answer names
+no order (v3: an empty signed 204 whose signature covers only timestamp and nonce; v2: no
+out_trade_no and no timestamp, so a captured one replays forever), and neither does "order not
+found" (v3: a 404 without the number; v2: ORDERNOTEXIST), so neither expires an order by
+itself: after a close the order is queried again, and an order WeChat Pay says it does not know
+stays open until it has said so on every answer for NOT_FOUND_GRACE past the deadline (an order
+WeChat Pay never knew cannot have been paid, and it refuses payment after time_expire anyway).
+
 Every API answer we act on is verified: v3 by the platform key's RSA-SHA256 signature over
 "timestamp\nnonce\nbody\n" (timestamps more than 5 minutes off refused), v2 by its `sign` with
-the API key, after return_code SUCCESS.
+the API key and the configured sign type, after return_code SUCCESS. Notifications are pinned to
+the configured sign type too. A malformed signature or timestamp (not ASCII, too long) is a
+plain rejection, never an exception.
 
 No wechatpy here (the bot wing stays platform-free): signing is hashlib/hmac and cryptography.
 """
@@ -178,7 +189,9 @@ class TradeState:
 
     `state` is WeChat Pay's trade_state (SUCCESS, NOTPAY, CLOSED, REVOKED, USERPAYING,
     PAYERROR, REFUND) or NOT_FOUND when WeChat Pay has no such order; the other fields are as
-    WeChat Pay reported them, for `_settle` to check against our order.
+    WeChat Pay reported them, for `_settle` and `reconcile` to check against our order. A
+    NOT_FOUND answer names no order (WeChat Pay's 404 / ORDERNOTEXIST carries no number), so
+    its out_trade_no is empty: it is not evidence about any particular order.
     """
 
     out_trade_no: str
@@ -202,9 +215,18 @@ class Sweep:
 
 # A pending order is first asked about at QUERY_AFTER seconds old, then again after a quarter
 # of its age has passed (at least QUERY_GAP_MIN, at most QUERY_GAP_MAX), and always at expiry.
+# An order still open past its deadline (a close not yet confirmed, USERPAYING, REFUND, not
+# found) is asked again after a quarter of its time past the deadline, at most PAST_GAP_MAX.
 QUERY_AFTER = 60
 QUERY_GAP_MIN = 60
 QUERY_GAP_MAX = 180
+PAST_GAP_MAX = 3600
+# WeChat Pay must have said "not found" on every answer for this long past the deadline before
+# an order is marked expired on that ground (see the module docstring).
+NOT_FOUND_GRACE = 24 * 3600
+# A stuck order is named in the log at most once per WARN_EVERY per kind of warning.
+WARN_EVERY = 3600
+PAYABLE = ("NOTPAY", "PAYERROR")  # states in which WeChat Pay would still take the payment
 
 
 # --- v2 signing and XML ------------------------------------------------------------------
@@ -331,6 +353,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _not_found_key(out_trade_no: str) -> str:
+    """When WeChat Pay first said, in an unbroken run of answers, that it has no such order."""
+    return f"wxpay:notfound:{out_trade_no}"
+
+
 def _cn_time(dt: datetime) -> datetime:
     """WeChat Pay reads times in China Standard Time."""
     from datetime import timezone
@@ -431,7 +458,9 @@ class WeChatPay:
         self._platform_key = (
             load_public_key(config.platform_cert_pem) if config.platform_cert_pem else None
         )
+        # Both only for open orders: `reconcile` drops the others at the start of each pass.
         self._asked: dict[str, datetime] = {}  # order -> when reconcile last asked about it
+        self._warned: dict[tuple[str, str], datetime] = {}  # (order, warning) -> when logged
 
     async def close(self) -> None:
         if self._own_http:
@@ -636,7 +665,11 @@ class WeChatPay:
 
     async def query_order(self, out_trade_no: str) -> TradeState:
         """Ask WeChat Pay what became of an order; PaymentError if the answer cannot be had
-        or trusted (then nothing may be concluded from it)."""
+        or trusted (then nothing may be concluded from it).
+
+        A found order's answer names it (out_trade_no checked here; mchid and appid are the
+        caller's to check). A NOT_FOUND answer names none: see TradeState.
+        """
         cfg = self.config
         if cfg.v3:
             path = (
@@ -645,7 +678,7 @@ class WeChatPay:
             )
             status, data = await self._v3("GET", path)
             if status == 404 and data.get("code") == "ORDER_NOT_EXIST":
-                return TradeState(out_trade_no, "NOT_FOUND")
+                return TradeState("", "NOT_FOUND")
             if status != 200:
                 raise PaymentError(f"WeChat Pay refused the query: {data.get('code') or status}")
             amount = data.get("amount") or {}
@@ -669,7 +702,7 @@ class WeChatPay:
             data = await self._v2("/pay/orderquery", params)
             if data.get("result_code") != "SUCCESS":
                 if data.get("err_code") == "ORDERNOTEXIST":
-                    return TradeState(out_trade_no, "NOT_FOUND")
+                    return TradeState("", "NOT_FOUND")
                 reason = data.get("err_code") or data.get("err_code_des") or "FAIL"
                 raise PaymentError(f"WeChat Pay refused the query: {reason}")
             state = TradeState(
@@ -689,8 +722,13 @@ class WeChatPay:
         return state
 
     async def close_order(self, out_trade_no: str) -> None:
-        """Close an unpaid order at WeChat Pay so it can no longer be paid; PaymentError if
-        WeChat Pay did not confirm (e.g. it was paid just now)."""
+        """Ask WeChat Pay to close an unpaid order so it can no longer be paid; PaymentError if
+        WeChat Pay refused (e.g. it was paid just now).
+
+        A confirmation proves nothing about *this* order: v3 answers an empty signed 204 (the
+        signature covers only timestamp and nonce), v2 a SUCCESS without out_trade_no or time,
+        so either could be replayed from another close. Query the order before concluding.
+        """
         cfg = self.config
         if cfg.v3:
             path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
@@ -758,14 +796,22 @@ class WeChatPay:
         """Ask WeChat Pay about open orders that are due (see QUERY_AFTER) and act on the answer.
 
         SUCCESS credits as a notification would (same checks, same key). Past its deadline an
-        order still payable (NOTPAY, PAYERROR) is closed at WeChat Pay, then marked expired;
-        one WeChat Pay has closed or never had is marked expired. Anything else (a failed or
-        unverified query, a failed close, USERPAYING, REFUND, an answer that does not match
-        the order) leaves the order open, uncredited, for the next pass.
+        order still payable (NOTPAY, PAYERROR) is closed at WeChat Pay and queried again; it is
+        marked expired only when a verified answer names it (out_trade_no, mchid, appid) as
+        CLOSED or REVOKED, or when WeChat Pay has said "not found" on every answer for
+        NOT_FOUND_GRACE past the deadline. Anything else (a failed or unverified query, a
+        failed close, a close not yet in effect, USERPAYING, REFUND, an answer that does not
+        match the order, not found for a shorter time) leaves the order open, uncredited, for
+        a later pass, with at most one warning per order and kind per WARN_EVERY.
         """
         now = now or _now()
         sweep = Sweep()
-        for otn in sorted(await self.store.smembers("wxpay:open")):
+        open_orders = await self.store.smembers("wxpay:open")
+        # Orders settled or expired elsewhere (a notification, another process, the operator)
+        # are no longer asked about: drop what we remembered of them.
+        self._asked = {otn: t for otn, t in self._asked.items() if otn in open_orders}
+        self._warned = {k: t for k, t in self._warned.items() if k[0] in open_orders}
+        for otn in sorted(open_orders):
             try:
                 await self._reconcile_one(otn, now, sweep)
             except Exception:  # the store or the wallet failing: the next pass tries again
@@ -779,16 +825,40 @@ class WeChatPay:
             await self.store.srem("wxpay:open", otn)
             self._asked.pop(otn, None)
             return
-        past_deadline = datetime.fromisoformat(order.expires_at) <= now
-        if not past_deadline and not self._query_due(order, now):
+        if not self._query_due(order, now):
             return
+        state = await self._ask(otn, now, sweep)
+        if state is None:
+            return
+        past_deadline = datetime.fromisoformat(order.expires_at) <= now
+        if past_deadline and state.state in PAYABLE and self._names(state, otn):
+            # Still payable at its deadline: close it so nobody can pay it afterwards. The
+            # close's answer names no order, so only a fresh query can say what became of it.
+            try:
+                await self.close_order(otn)
+            except PaymentError as exc:
+                sweep.failed += 1
+                self._warn(otn, now, "wechatpay close failed", reason=str(exc))
+                return
+            state = await self._ask(otn, now, sweep)
+            if state is None:
+                return
+        await self._act(order, state, now, sweep)
+
+    async def _ask(self, otn: str, now: datetime, sweep: Sweep) -> TradeState | None:
+        """WeChat Pay's verified answer about the order, or None (counted, warned) if none."""
         try:
             state = await self.query_order(otn)
         except PaymentError as exc:
             sweep.failed += 1
-            log.warning("wechatpay order query failed", extra={"order": otn, "reason": str(exc)})
-            return
+            self._warn(otn, now, "wechatpay order query failed", reason=str(exc))
+            return None
         self._asked[otn] = now
+        return state
+
+    async def _act(self, order: Order, state: TradeState, now: datetime, sweep: Sweep) -> None:
+        """What a verified query answer means for an open order (see `reconcile`)."""
+        otn = order.out_trade_no
         if state.state == "SUCCESS":
             try:
                 if await self.settle_queried(state):
@@ -796,44 +866,95 @@ class WeChatPay:
                     log.info("wechatpay order settled by query", extra={"order": otn})
             except NotifyRejected as exc:
                 sweep.failed += 1
-                log.warning(
-                    "wechatpay query answer does not match the order",
-                    extra={"order": otn, "reason": exc.reason},
-                )
+                self._warn(otn, now, "wechatpay query answer does not match the order", exc.reason)
             return
-        if not past_deadline:
+        if state.state == "NOT_FOUND":
+            await self._not_found(order, now, sweep)
             return
-        if state.state in ("NOTPAY", "PAYERROR"):
-            try:
-                await self.close_order(otn)
-            except PaymentError as exc:
-                sweep.failed += 1
-                log.warning("wechatpay close failed", extra={"order": otn, "reason": str(exc)})
-                return
-        elif state.state not in ("CLOSED", "REVOKED", "NOT_FOUND"):
+        if not self._names(state, otn):
+            sweep.failed += 1
+            self._warn(otn, now, "wechatpay query answer does not match the order", "mchid/appid")
+            return
+        # WeChat Pay knows the order: a "not found" streak (if any) is over.
+        await self.store.delete(_not_found_key(otn))
+        if datetime.fromisoformat(order.expires_at) > now:
+            return
+        if state.state in ("CLOSED", "REVOKED"):
+            await self._mark_expired(order)
+            sweep.expired += 1
+        elif state.state in PAYABLE:
+            # Closed just now but the query still says payable: the next pass asks again.
+            sweep.failed += 1
+            self._warn(otn, now, "wechatpay order still payable after its close", state.state)
+        else:
             # USERPAYING (the payer is confirming right now), REFUND, or a state we do not
             # know: nothing to credit or close on our own; ask again, and the operator can look.
+            self._warn(otn, now, "wechatpay order past its deadline and not settled", state.state)
+
+    def _names(self, state: TradeState, otn: str) -> bool:
+        """Whether a verified answer is about this order of ours (number, merchant, app)."""
+        cfg = self.config
+        return (state.out_trade_no, state.mchid, state.appid) == (otn, cfg.mchid, cfg.appid)
+
+    async def _not_found(self, order: Order, now: datetime, sweep: Sweep) -> None:
+        """WeChat Pay says it has no such order. That answer names no order, so on its own it
+        expires nothing: the order stays open until WeChat Pay has said so on every answer for
+        NOT_FOUND_GRACE past the deadline (the streak starts at the first such answer, kept in
+        the store so a restart does not lose it, and ends at any answer that names the order).
+        """
+        otn = order.out_trade_no
+        key = _not_found_key(otn)
+        raw = await self.store.get(key)
+        if raw is None:
+            raw = now.isoformat()
+            ttl = self.config.order_ttl + 2 * NOT_FOUND_GRACE  # gone if nobody asks for long
+            if not await self.store.add(key, raw, ttl=ttl):
+                raw = await self.store.get(key) or raw
+        deadline = datetime.fromisoformat(order.expires_at)
+        since = max(datetime.fromisoformat(raw), deadline)
+        if (now - since).total_seconds() >= NOT_FOUND_GRACE:
             log.warning(
-                "wechatpay order past its deadline in state %s", state.state, extra={"order": otn}
+                "wechatpay has not known the order since %s; marked expired",
+                raw,
+                extra={"order": otn},
             )
+            await self._mark_expired(order)
+            await self.store.delete(key)
+            sweep.expired += 1
+        elif deadline <= now:
+            self._warn(otn, now, "wechatpay does not know the order; kept open", f"since {raw}")
+
+    def _warn(self, otn: str, now: datetime, message: str, reason: str) -> None:
+        """Log a warning about an order, at most once per WARN_EVERY for this order and
+        message: a stuck order is asked about on many passes, and the log names it, not floods."""
+        last = self._warned.get((otn, message))
+        if last is not None and (now - last).total_seconds() < WARN_EVERY:
             return
-        await self._mark_expired(order)
-        sweep.expired += 1
+        self._warned[(otn, message)] = now
+        log.warning(message, extra={"order": otn, "reason": reason})
 
     def _query_due(self, order: Order, now: datetime) -> bool:
-        """Whether a pending order is old enough, and long enough since we last asked."""
+        """Whether an open order is old enough, and long enough since we last asked."""
+        last = self._asked.get(order.out_trade_no)
+        deadline = datetime.fromisoformat(order.expires_at)
+        if deadline <= now:
+            if last is None or last < deadline:
+                return True  # always at the deadline
+            gap = min((now - deadline).total_seconds() / 4, PAST_GAP_MAX)
+            return (now - last).total_seconds() >= gap
         age = (now - datetime.fromisoformat(order.created_at)).total_seconds()
         if age < QUERY_AFTER:
             return False
-        last = self._asked.get(order.out_trade_no)
         if last is None:
             return True
         gap = min(max(age / 4, QUERY_GAP_MIN), QUERY_GAP_MAX)
         return (now - last).total_seconds() >= gap
 
     async def _mark_expired(self, order: Order) -> None:
-        # WeChat Pay said it cannot be paid, so no notification can make it "paid" now (and
-        # get_order would read the paid marker first anyway).
+        # Only on a verified answer naming the order CLOSED/REVOKED, or a long "not found"
+        # streak (see `reconcile`). A notification of a payment WeChat Pay accepted before the
+        # deadline still credits it (`_settle` does not look at "expired"), and get_order reads
+        # the paid marker first.
         order.status = "expired"
         await self._save(order)
         await self.store.srem("wxpay:open", order.out_trade_no)

@@ -3,13 +3,16 @@
 The bot asks WeChat Pay about open orders (`WeChatPay.reconcile`, run by the sweeper) and
 credits a SUCCESS through the same checks and the same key as a notification, so whichever
 comes first credits and the other credits nothing more. Unpaid orders are closed at WeChat Pay
-before they are marked expired. Answers that fail or do not verify change nothing.
+and expired only when a verified answer names them CLOSED; "not found" expires an order only
+after a day of saying so past its deadline. Answers that fail or do not verify change nothing.
+Credits go through the real `Accounts.credit_payment` (payer pinned under `payacct:`, `pay:`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +138,7 @@ async def test_unpaid_order_is_closed_at_wechat_pay_then_expired(
             ("query", otn),
             ("query", otn),
             ("close", otn),
+            ("query", otn),  # the close's answer names no order: asked again, says CLOSED
         ]
         assert shop.fake.trades[otn].state == "CLOSED"  # nobody can pay it any more
         assert (await shop.pay.get_order(otn)).status == "expired"
@@ -143,18 +147,129 @@ async def test_unpaid_order_is_closed_at_wechat_pay_then_expired(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_order_closed_or_unknown_at_wechat_pay_expires_without_a_close(
+async def test_order_closed_at_wechat_pay_expires_without_a_close(
     sqlite_bank: Bank, tmp_path: Path, version: str
 ) -> None:
     async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
         closed = await shop.pay.create_order("wechat", "42", 100)
-        unknown = await shop.pay.create_order("wechat", "42", 200)
         shop.fake.trades[closed.out_trade_no].state = "CLOSED"
-        del shop.fake.trades[unknown.out_trade_no]
-        assert (await shop.pay.reconcile(deadline(unknown))).expired == 2
+        assert (await shop.pay.reconcile(deadline(closed))).expired == 1
         assert shop.fake.asked("close") == []
-        for order in (closed, unknown):
-            assert (await shop.pay.get_order(order.out_trade_no)).status == "expired"
+        assert (await shop.pay.get_order(closed.out_trade_no)).status == "expired"
+
+
+def hours_past(order: Order, hours: float) -> datetime:
+    return deadline(order) + timedelta(hours=hours)
+
+
+def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_an_order_wechat_pay_does_not_know_expires_only_after_a_day_of_not_found(
+    bank: Bank, tmp_path: Path, version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 200)
+        otn = order.out_trade_no
+        trade = shop.fake.trades.pop(otn)  # WeChat Pay has no such order (or says so)
+        for hours in (0, 1, 12, 23.9):
+            sweep = await shop.pay.reconcile(hours_past(order, hours))
+            assert (sweep.expired, sweep.failed) == (0, 0), hours
+            assert (await shop.pay.get_order(otn)).status == "unpaid"
+        assert await open_orders(shop) == {otn}
+        assert shop.fake.asked("close") == []
+        assert warnings(caplog, "does not know the order; kept open")
+
+        # An answer that names the order ends the run of "not found": it starts again after.
+        shop.fake.trades[otn] = trade
+        trade.state = "USERPAYING"
+        await shop.pay.reconcile(hours_past(order, 25))
+        del shop.fake.trades[otn]
+        assert (await shop.pay.reconcile(hours_past(order, 26))).expired == 0
+        assert (await shop.pay.reconcile(hours_past(order, 49.9))).expired == 0
+        assert shop.fake.asked("query") == [otn] * 7
+
+        # The run is kept in the store: a restarted bot goes on counting from its start.
+        restarted = WeChatPay(shop.pay.config, bank.store, shop.core.credit_payment)
+        assert (await restarted.reconcile(hours_past(order, 50))).expired == 1
+        assert (await restarted.get_order(otn)).status == "expired"
+        assert await open_orders(shop) == set()
+        assert warnings(caplog, "has not known the order since")
+        assert await shop.balance() == 0 and shop.fake.asked("close") == []
+        await restarted.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_replayed_close_confirmation_does_not_expire_a_paid_order(
+    bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        otn = order.out_trade_no
+        shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
+        shop.fake.misbehave("close", "replayed")  # another close's confirmation, replayed
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert shop.fake.trades[otn].state == "SUCCESS"
+        # The confirmation names no order: the query after it finds the payment and credits it.
+        assert (sweep.credited, sweep.expired) == (1, 0)
+        assert (await shop.pay.get_order(otn)).status == "paid"
+        assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
+        assert await bank.store.get(f"payacct:{order.key}") == "wechat:42"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_an_order_still_payable_after_its_close_stays_open(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        otn = order.out_trade_no
+        shop.fake.misbehave("close", "replayed")  # "closed", but WeChat Pay closed nothing
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert (sweep.expired, sweep.failed) == (0, 1)
+        assert shop.fake.trades[otn].state == "NOTPAY"
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+        assert await open_orders(shop) == {otn}
+        # The next pass closes it for real; only WeChat Pay's CLOSED for this order expires it.
+        assert (await shop.pay.reconcile(deadline(order))).expired == 1
+        assert shop.fake.trades[otn].state == "CLOSED"
+        assert shop.fake.asked("close") == [otn, otn]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("state", ["CLOSED", "NOTPAY"])
+async def test_an_answer_about_another_merchants_order_expires_nothing(
+    sqlite_bank: Bank, tmp_path: Path, version: str, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        otn = order.out_trade_no
+        shop.fake.trades[otn].state = state
+        shop.fake.misbehave("query", "foreign")  # signed, our number, another mchid and appid
+        sweep = await shop.pay.reconcile(deadline(order))
+        assert (sweep.expired, sweep.failed) == (0, 1)
+        assert shop.fake.asked("close") == []
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+        assert warnings(caplog, "does not match the order")
+        assert (await shop.pay.reconcile(deadline(order))).expired == 1  # a genuine answer
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_not_found_answers_do_not_expire_a_paid_order(
+    sqlite_bank: Bank, tmp_path: Path, version: str
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
+        order = await shop.pay.create_order("wechat", "42", 300)
+        shop.fake.pay(order.out_trade_no)
+        shop.fake.misbehave("query", *["notfound"] * 4)  # "no such order", replayed, for hours
+        for hours in (0, 1, 6, 20):
+            sweep = await shop.pay.reconcile(hours_past(order, hours))
+            assert (sweep.credited, sweep.expired) == (0, 0)
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+        assert (await shop.pay.reconcile(hours_past(order, 21))).credited == 1
+        assert await shop.balance() == 300 * MILLI_PER_FEN
 
 
 async def test_an_order_being_paid_at_its_deadline_is_not_expired(
@@ -169,6 +284,49 @@ async def test_an_order_being_paid_at_its_deadline_is_not_expired(
         shop.fake.pay(order.out_trade_no)  # the payer confirmed
         assert (await shop.pay.reconcile(deadline(order))).credited == 1
         assert await shop.balance() == 100 * MILLI_PER_FEN
+
+
+@pytest.mark.parametrize("state", ["USERPAYING", "REFUND", "SOMETHING_NEW"])
+async def test_a_stuck_order_stays_open_is_asked_less_often_and_named_once_an_hour(
+    sqlite_bank: Bank, tmp_path: Path, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        order = await shop.pay.create_order("wechat", "42", 100)
+        otn = order.out_trade_no
+        shop.fake.trades[otn].state = state
+        for minute in range(0, 3 * 60, 1):  # a pass a minute for three hours past the deadline
+            sweep = await shop.pay.reconcile(deadline(order) + timedelta(minutes=minute))
+            assert (sweep.credited, sweep.expired) == (0, 0)
+        assert await open_orders(shop) == {otn}
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+        assert shop.fake.asked("close") == [] and await shop.balance() == 0
+        assert 10 <= len(shop.fake.asked("query")) <= 30  # not 180
+        assert 3 <= len(warnings(caplog, "past its deadline and not settled")) <= 4
+        shop.fake.trades[otn].state = "SUCCESS"  # e.g. the payer finished paying
+        shop.fake.trades[otn].transaction_id = "4200" + "0" * 24
+        assert (await shop.pay.reconcile(hours_past(order, 4))).credited == 1
+
+
+async def test_orders_settled_elsewhere_are_forgotten(
+    sqlite_bank: Bank, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_shop(sqlite_bank, tmp_path) as shop:
+        orders = [await shop.pay.create_order("wechat", "42", 100 + i) for i in range(3)]
+        for order in orders:
+            shop.fake.trades[order.out_trade_no].state = "USERPAYING"
+        await shop.pay.reconcile(deadline(orders[-1]))
+        assert set(shop.pay._asked) == {o.out_trade_no for o in orders}
+        assert {otn for otn, _ in shop.pay._warned} == set(shop.pay._asked)
+        # Another process (`creditbot admin order`, a second bot) settles two of them.
+        other = WeChatPay(shop.pay.config, sqlite_bank.store, shop.core.credit_payment)
+        for order in orders[:2]:
+            shop.fake.pay(order.out_trade_no)
+            assert await check(other, order.out_trade_no) == ("SUCCESS", True)
+        await other.close()
+        await shop.pay.reconcile(hours_past(orders[-1], 1))
+        assert set(shop.pay._asked) == {orders[2].out_trade_no}
+        assert {otn for otn, _ in shop.pay._warned} == {orders[2].out_trade_no}
+        assert await shop.balance() == (100 + 101) * MILLI_PER_FEN
 
 
 async def test_pending_orders_are_asked_about_from_a_minute_old_then_less_often(
@@ -382,6 +540,59 @@ async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_not
         assert await bank.store.get(f"payacct:{order.key}") == "telegram:7"
         assert await bank.store.get(f"pay:{order.key}") == entry.id
         assert len(told(shop)) == 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("point", ["query", "close", "query after close", "credit"])
+async def test_a_reconciliation_cancelled_midway_leaves_the_order_to_the_next_pass(
+    bank: Bank, tmp_path: Path, version: str, point: str
+) -> None:
+    """The sweeper stopped (shutdown) in the middle of an order: nothing half-done remains."""
+    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
+        shop.fake.delay = 0.5  # a slow answer: long enough to be cancelled while waiting
+        order = await shop.pay.create_order("wechat", "42", 400)
+        otn = order.out_trade_no
+        reached = asyncio.Event()
+        real_credit = bank.wallet.credit
+        if point == "credit":
+            shop.fake.pay(otn)
+
+            async def stuck_credit(*args, **kwargs):
+                reached.set()
+                await asyncio.Event().wait()  # the wallet never answers: cancelled here
+
+            bank.wallet.credit = stuck_credit  # type: ignore[method-assign]
+        else:
+            faults = {"query": ["timeout"], "query after close": ["ok", "timeout"]}
+            shop.fake.misbehave("query", *faults.get(point, []))
+            shop.fake.misbehave("close", *(["timeout"] if point == "close" else []))
+        calls = {"query": 1, "close": 2, "query after close": 3}
+        task = asyncio.create_task(shop.pay.reconcile(deadline(order)))
+        for _ in range(500):  # until the pass is waiting at the point (5 s at most)
+            if reached.is_set() or len(shop.fake.calls) > calls.get(point, 99):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if point == "credit":
+            del bank.wallet.credit
+            assert bank.wallet.credit == real_credit
+        assert (await shop.pay.get_order(otn)).status == "unpaid"
+        assert await open_orders(shop) == {otn}
+        assert await shop.balance() == 0 and told(shop) == []
+
+        sweep = await shop.pay.reconcile(deadline(order))
+        if point == "credit":
+            assert (sweep.credited, await shop.balance()) == (1, 400 * MILLI_PER_FEN)
+            assert (await shop.pay.get_order(otn)).status == "paid"
+            assert len(await bank.wallet.entries("wechat:42")) == 1
+        else:
+            assert sweep.expired == 1 and shop.fake.trades[otn].state == "CLOSED"
+            assert (await shop.pay.get_order(otn)).status == "expired"
+        assert await open_orders(shop) == set()
 
 
 # --- the operator's hand: creditbot admin order -------------------------------------------------
