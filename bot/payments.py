@@ -693,13 +693,7 @@ class WeChatPay:
                 description=str(data.get("trade_state_desc", "")),
             )
         else:
-            params = {
-                "appid": cfg.appid,
-                "mch_id": cfg.mchid,
-                "out_trade_no": out_trade_no,
-                "nonce_str": secrets.token_hex(16),
-            }
-            data = await self._v2("/pay/orderquery", params)
+            data = await self._v2("/pay/orderquery", self._v2_order(out_trade_no))
             if data.get("result_code") != "SUCCESS":
                 if data.get("err_code") == "ORDERNOTEXIST":
                     return TradeState("", "NOT_FOUND")
@@ -721,6 +715,16 @@ class WeChatPay:
             raise PaymentError("WeChat Pay's answer has no trade_state")
         return state
 
+    def _v2_order(self, out_trade_no: str) -> dict[str, Any]:
+        """The fields every v2 call about one order sends (query, close)."""
+        cfg = self.config
+        return {
+            "appid": cfg.appid,
+            "mch_id": cfg.mchid,
+            "out_trade_no": out_trade_no,
+            "nonce_str": secrets.token_hex(16),
+        }
+
     async def close_order(self, out_trade_no: str) -> None:
         """Ask WeChat Pay to close an unpaid order so it can no longer be paid; PaymentError if
         WeChat Pay refused (e.g. it was paid just now).
@@ -736,13 +740,7 @@ class WeChatPay:
             if status != 204:
                 raise PaymentError(f"WeChat Pay refused to close: {data.get('code') or status}")
             return
-        params = {
-            "appid": cfg.appid,
-            "mch_id": cfg.mchid,
-            "out_trade_no": out_trade_no,
-            "nonce_str": secrets.token_hex(16),
-        }
-        data = await self._v2("/pay/closeorder", params)
+        data = await self._v2("/pay/closeorder", self._v2_order(out_trade_no))
         if data.get("result_code") != "SUCCESS" and data.get("err_code") != "ORDERCLOSED":
             reason = data.get("err_code") or data.get("err_code_des") or "FAIL"
             raise PaymentError(f"WeChat Pay refused to close: {reason}")
