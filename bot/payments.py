@@ -204,6 +204,36 @@ class TradeState:
     description: str = ""
 
 
+def trade_from_v3(data: Mapping[str, Any]) -> TradeState:
+    """A v3 transaction (a query's answer, or a notification's decrypted resource)."""
+    amount = data.get("amount")
+    amount = amount if isinstance(amount, dict) else {}
+    return TradeState(
+        out_trade_no=str(data.get("out_trade_no", "")),
+        state=str(data.get("trade_state", "")),
+        fen=amount.get("total", ""),
+        currency=str(amount.get("currency", "")),
+        mchid=str(data.get("mchid", "")),
+        appid=str(data.get("appid", "")),
+        transaction_id=str(data.get("transaction_id", "")),
+        description=str(data.get("trade_state_desc", "")),
+    )
+
+
+def trade_from_v2(data: Mapping[str, str]) -> TradeState:
+    """A v2 transaction (an orderquery answer, or a notification), fields as v2 names them."""
+    return TradeState(
+        out_trade_no=data.get("out_trade_no", ""),
+        state=data.get("trade_state", ""),
+        fen=data.get("total_fee", ""),
+        currency=data.get("fee_type") or "CNY",
+        mchid=data.get("mch_id", ""),
+        appid=data.get("appid", ""),
+        transaction_id=data.get("transaction_id", ""),
+        description=data.get("trade_state_desc", ""),
+    )
+
+
 @dataclass(slots=True)
 class Sweep:
     """What one `reconcile` pass did (counts, for the log)."""
@@ -681,17 +711,7 @@ class WeChatPay:
                 return TradeState("", "NOT_FOUND")
             if status != 200:
                 raise PaymentError(f"WeChat Pay refused the query: {data.get('code') or status}")
-            amount = data.get("amount") or {}
-            state = TradeState(
-                out_trade_no=str(data.get("out_trade_no", "")),
-                state=str(data.get("trade_state", "")),
-                fen=amount.get("total", "") if isinstance(amount, dict) else "",
-                currency=str(amount.get("currency", "")) if isinstance(amount, dict) else "",
-                mchid=str(data.get("mchid", "")),
-                appid=str(data.get("appid", "")),
-                transaction_id=str(data.get("transaction_id", "")),
-                description=str(data.get("trade_state_desc", "")),
-            )
+            state = trade_from_v3(data)
         else:
             data = await self._v2("/pay/orderquery", self._v2_order(out_trade_no))
             if data.get("result_code") != "SUCCESS":
@@ -699,16 +719,7 @@ class WeChatPay:
                     return TradeState("", "NOT_FOUND")
                 reason = data.get("err_code") or data.get("err_code_des") or "FAIL"
                 raise PaymentError(f"WeChat Pay refused the query: {reason}")
-            state = TradeState(
-                out_trade_no=data.get("out_trade_no", ""),
-                state=data.get("trade_state", ""),
-                fen=data.get("total_fee", ""),
-                currency=data.get("fee_type") or "CNY",
-                mchid=data.get("mch_id", ""),
-                appid=data.get("appid", ""),
-                transaction_id=data.get("transaction_id", ""),
-                description=data.get("trade_state_desc", ""),
-            )
+            state = trade_from_v2(data)
         if state.out_trade_no != out_trade_no:
             raise PaymentError("WeChat Pay's answer is about another order")
         if not state.state:
@@ -964,14 +975,7 @@ class WeChatPay:
         answer does not match the order. `reconcile` and `creditbot admin order` use it."""
         if state.state != "SUCCESS":
             raise NotifyRejected(f"WeChat Pay says {state.state}, not SUCCESS")
-        return await self._settle(
-            out_trade_no=state.out_trade_no,
-            fen=state.fen,
-            currency=state.currency,
-            mchid=state.mchid,
-            appid=state.appid,
-            transaction_id=state.transaction_id,
-        )
+        return await self._settle(state)
 
     # -- notifications --
 
@@ -991,14 +995,7 @@ class WeChatPay:
             if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
                 # A failed payment: nothing to credit, but nothing wrong with the message.
                 return NotifyAnswer(200, v2_answer(True), "text/xml")
-            credited = await self._settle(
-                out_trade_no=data.get("out_trade_no", ""),
-                fen=data.get("total_fee", ""),
-                currency=data.get("fee_type") or "CNY",
-                mchid=data.get("mch_id", ""),
-                appid=data.get("appid", ""),
-                transaction_id=data.get("transaction_id", ""),
-            )
+            credited = await self._settle(trade_from_v2(data))
         except NotifyRejected as exc:
             log.warning("wechatpay notification rejected", extra={"reason": exc.reason})
             return NotifyAnswer(400, v2_answer(False, exc.reason), "text/xml")
@@ -1032,16 +1029,7 @@ class WeChatPay:
                 raise NotifyRejected("malformed resource")
             if tx.get("trade_state") != "SUCCESS":
                 return NotifyAnswer(204, b"", "application/json")
-            amount = tx.get("amount")
-            amount = amount if isinstance(amount, dict) else {}
-            credited = await self._settle(
-                out_trade_no=str(tx.get("out_trade_no", "")),
-                fen=amount.get("total", ""),
-                currency=amount.get("currency", ""),
-                mchid=str(tx.get("mchid", "")),
-                appid=str(tx.get("appid", "")),
-                transaction_id=str(tx.get("transaction_id", "")),
-            )
+            credited = await self._settle(trade_from_v3(tx))
         except NotifyRejected as exc:
             log.warning("wechatpay notification rejected", extra={"reason": exc.reason})
             answer = json.dumps({"code": "FAIL", "message": exc.reason}).encode()
@@ -1055,17 +1043,10 @@ class WeChatPay:
             return await self.handle_v3(headers, body)
         return await self.handle_v2(body)
 
-    async def _settle(
-        self,
-        *,
-        out_trade_no: str,
-        fen: Any,
-        currency: str,
-        mchid: str,
-        appid: str,
-        transaction_id: str,
-    ) -> bool:
+    async def _settle(self, trade: TradeState) -> bool:
         """Check a verified payment against our order and credit it (once). True if credited."""
+        out_trade_no, fen, currency = trade.out_trade_no, trade.fen, trade.currency
+        mchid, appid, transaction_id = trade.mchid, trade.appid, trade.transaction_id
         if mchid != self.config.mchid:
             raise NotifyRejected("mchid mismatch")
         if appid != self.config.appid:
