@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -62,6 +62,26 @@ async def check(pay: WeChatPay, out_trade_no: str) -> tuple[str, bool]:
     return state.state, state.state == "SUCCESS" and await pay.settle_queried(state)
 
 
+@pytest.fixture(params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> str:
+    """WeChat Pay API v2 or v3 (a test may parametrize `version` itself)."""
+    return request.param
+
+
+@pytest.fixture
+async def shop(sqlite_bank: Bank, tmp_path: Path, version: str) -> AsyncIterator[Shop]:
+    """The bot's WeChat Pay on a SQLite bank, speaking `version` to the fake WeChat Pay."""
+    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def shop_on_every_backend(bank: Bank, tmp_path: Path, version: str) -> AsyncIterator[Shop]:
+    """The same on every backend (SQLite, PostgreSQL, Redis)."""
+    async with open_shop(bank, tmp_path, v3=version == "v3") as opened:
+        yield opened
+
+
 async def open_orders(shop: Shop) -> set[str]:
     return await shop.bank.store.smembers("wxpay:open")
 
@@ -69,93 +89,82 @@ async def open_orders(shop: Shop) -> set[str]:
 # --- a lost notification --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 async def test_paid_order_without_notification_is_credited_once_by_reconciliation(
-    bank: Bank, tmp_path: Path, version: str
+    shop_on_every_backend: Shop, version: str
 ) -> None:
-    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 990)
-        shop.fake.pay(order.out_trade_no)  # paid; the notification never reaches the bot
+    shop = shop_on_every_backend
+    order = await shop.pay.create_order("wechat", "42", 990)
+    shop.fake.pay(order.out_trade_no)  # paid; the notification never reaches the bot
 
-        sweep = await shop.pay.reconcile(after(order, 90))
-        assert (sweep.credited, sweep.expired, sweep.failed) == (1, 0, 0)
-        assert shop.fake.asked("query") == [order.out_trade_no]
-        assert await shop.balance() == 990 * MILLI_PER_FEN
-        [entry] = await bank.wallet.entries("wechat:42")
-        assert entry.key == f"wxpay:{order.out_trade_no}"
-        assert told(shop) == ["Payment received: +99000 credits.\n支付成功：+99000 积分。"]
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
-        assert await open_orders(shop) == set()
+    sweep = await shop.pay.reconcile(after(order, 90))
+    assert (sweep.credited, sweep.expired, sweep.failed) == (1, 0, 0)
+    assert shop.fake.asked("query") == [order.out_trade_no]
+    assert await shop.balance() == 990 * MILLI_PER_FEN
+    [entry] = await shop.bank.wallet.entries("wechat:42")
+    assert entry.key == f"wxpay:{order.out_trade_no}"
+    assert told(shop) == ["Payment received: +99000 credits.\n支付成功：+99000 积分。"]
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+    assert await open_orders(shop) == set()
 
-        # The notification arrives after all: acknowledged, and nothing more is credited.
-        late = await notification(shop, version, order)
-        assert late.status_code in (200, 204)
-        assert await shop.balance() == 990 * MILLI_PER_FEN
-        assert len(await bank.wallet.entries("wechat:42")) == 1
-        assert len(told(shop)) == 1
-        # Later passes leave the settled order alone.
-        await shop.pay.reconcile(deadline(order))
-        assert shop.fake.asked("query") == [order.out_trade_no]
-        assert shop.fake.asked("close") == []
+    # The notification arrives after all: acknowledged, and nothing more is credited.
+    late = await notification(shop, version, order)
+    assert late.status_code in (200, 204)
+    assert await shop.balance() == 990 * MILLI_PER_FEN
+    assert len(await shop.bank.wallet.entries("wechat:42")) == 1
+    assert len(told(shop)) == 1
+    # Later passes leave the settled order alone.
+    await shop.pay.reconcile(deadline(order))
+    assert shop.fake.asked("query") == [order.out_trade_no]
+    assert shop.fake.asked("close") == []
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 async def test_notification_first_then_a_query_credits_nothing_more(
-    sqlite_bank: Bank, tmp_path: Path, version: str
+    shop: Shop, version: str
 ) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 500)
-        shop.fake.pay(order.out_trade_no)
-        assert (await notification(shop, version, order)).status_code in (200, 204)
-        assert await shop.balance() == 500 * MILLI_PER_FEN
+    order = await shop.pay.create_order("wechat", "42", 500)
+    shop.fake.pay(order.out_trade_no)
+    assert (await notification(shop, version, order)).status_code in (200, 204)
+    assert await shop.balance() == 500 * MILLI_PER_FEN
 
-        # The operator (or a pass that read the order just before) asks WeChat Pay anyway.
-        assert await check(shop.pay, order.out_trade_no) == ("SUCCESS", False)
-        assert await shop.balance() == 500 * MILLI_PER_FEN
-        assert len(await sqlite_bank.wallet.entries("wechat:42")) == 1
-        assert len(told(shop)) == 1
+    # The operator (or a pass that read the order just before) asks WeChat Pay anyway.
+    assert await check(shop.pay, order.out_trade_no) == ("SUCCESS", False)
+    assert await shop.balance() == 500 * MILLI_PER_FEN
+    assert len(await shop.bank.wallet.entries("wechat:42")) == 1
+    assert len(told(shop)) == 1
 
 
 # --- expiry -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_unpaid_order_is_closed_at_wechat_pay_then_expired(
-    sqlite_bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 100)
-        otn = order.out_trade_no
+async def test_unpaid_order_is_closed_at_wechat_pay_then_expired(shop: Shop) -> None:
+    order = await shop.pay.create_order("wechat", "42", 100)
+    otn = order.out_trade_no
 
-        sweep = await shop.pay.reconcile(after(order, 90))  # NOTPAY before the deadline
-        assert (sweep.credited, sweep.expired) == (0, 0)
-        assert shop.fake.asked("close") == []
-        assert (await shop.pay.get_order(otn)).status == "unpaid"
+    sweep = await shop.pay.reconcile(after(order, 90))  # NOTPAY before the deadline
+    assert (sweep.credited, sweep.expired) == (0, 0)
+    assert shop.fake.asked("close") == []
+    assert (await shop.pay.get_order(otn)).status == "unpaid"
 
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert sweep.expired == 1
-        assert [c for c in shop.fake.calls if c[0] != "order"] == [
-            ("query", otn),
-            ("query", otn),
-            ("close", otn),
-            ("query", otn),  # the close's answer names no order: asked again, says CLOSED
-        ]
-        assert shop.fake.trades[otn].state == "CLOSED"  # nobody can pay it any more
-        assert (await shop.pay.get_order(otn)).status == "expired"
-        assert await open_orders(shop) == set()
-        assert await shop.balance() == 0 and told(shop) == []
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert sweep.expired == 1
+    assert [c for c in shop.fake.calls if c[0] != "order"] == [
+        ("query", otn),
+        ("query", otn),
+        ("close", otn),
+        ("query", otn),  # the close's answer names no order: asked again, says CLOSED
+    ]
+    assert shop.fake.trades[otn].state == "CLOSED"  # nobody can pay it any more
+    assert (await shop.pay.get_order(otn)).status == "expired"
+    assert await open_orders(shop) == set()
+    assert await shop.balance() == 0 and told(shop) == []
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_order_closed_at_wechat_pay_expires_without_a_close(
-    sqlite_bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        closed = await shop.pay.create_order("wechat", "42", 100)
-        shop.fake.trades[closed.out_trade_no].state = "CLOSED"
-        assert (await shop.pay.reconcile(deadline(closed))).expired == 1
-        assert shop.fake.asked("close") == []
-        assert (await shop.pay.get_order(closed.out_trade_no)).status == "expired"
+async def test_order_closed_at_wechat_pay_expires_without_a_close(shop: Shop) -> None:
+    closed = await shop.pay.create_order("wechat", "42", 100)
+    shop.fake.trades[closed.out_trade_no].state = "CLOSED"
+    assert (await shop.pay.reconcile(deadline(closed))).expired == 1
+    assert shop.fake.asked("close") == []
+    assert (await shop.pay.get_order(closed.out_trade_no)).status == "expired"
 
 
 def hours_past(order: Order, hours: float) -> datetime:
@@ -166,110 +175,98 @@ def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRec
     return [r for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 async def test_an_order_wechat_pay_does_not_know_expires_only_after_a_day_of_not_found(
-    bank: Bank, tmp_path: Path, version: str, caplog: pytest.LogCaptureFixture
+    shop_on_every_backend: Shop, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 200)
-        otn = order.out_trade_no
-        trade = shop.fake.trades.pop(otn)  # WeChat Pay has no such order (or says so)
-        for hours in (0, 1, 12, 23.9):
-            sweep = await shop.pay.reconcile(hours_past(order, hours))
-            assert (sweep.expired, sweep.failed) == (0, 0), hours
-            assert (await shop.pay.get_order(otn)).status == "unpaid"
-        assert await open_orders(shop) == {otn}
-        assert shop.fake.asked("close") == []
-        assert warnings(caplog, "does not know the order; kept open")
-
-        # An answer that names the order ends the run of "not found": it starts again after.
-        shop.fake.trades[otn] = trade
-        trade.state = "USERPAYING"
-        await shop.pay.reconcile(hours_past(order, 25))
-        del shop.fake.trades[otn]
-        assert (await shop.pay.reconcile(hours_past(order, 26))).expired == 0
-        assert (await shop.pay.reconcile(hours_past(order, 49.9))).expired == 0
-        assert shop.fake.asked("query") == [otn] * 7
-
-        # The run is kept in the store: a restarted bot goes on counting from its start.
-        restarted = WeChatPay(shop.pay.config, bank.store, shop.core.credit_payment)
-        assert (await restarted.reconcile(hours_past(order, 50))).expired == 1
-        assert (await restarted.get_order(otn)).status == "expired"
-        assert await open_orders(shop) == set()
-        assert warnings(caplog, "has not known the order since")
-        assert await shop.balance() == 0 and shop.fake.asked("close") == []
-        await restarted.close()
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_a_replayed_close_confirmation_does_not_expire_a_paid_order(
-    bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        otn = order.out_trade_no
-        shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
-        shop.fake.misbehave("close", "replayed")  # another close's confirmation, replayed
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert shop.fake.trades[otn].state == "SUCCESS"
-        # The confirmation names no order: the query after it finds the payment and credits it.
-        assert (sweep.credited, sweep.expired) == (1, 0)
-        assert (await shop.pay.get_order(otn)).status == "paid"
-        assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
-        assert await bank.store.get(f"payacct:{order.key}") == "wechat:42"
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_an_order_still_payable_after_its_close_stays_open(
-    sqlite_bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        otn = order.out_trade_no
-        shop.fake.misbehave("close", "replayed")  # "closed", but WeChat Pay closed nothing
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert (sweep.expired, sweep.failed) == (0, 1)
-        assert shop.fake.trades[otn].state == "NOTPAY"
+    shop = shop_on_every_backend
+    order = await shop.pay.create_order("wechat", "42", 200)
+    otn = order.out_trade_no
+    trade = shop.fake.trades.pop(otn)  # WeChat Pay has no such order (or says so)
+    for hours in (0, 1, 12, 23.9):
+        sweep = await shop.pay.reconcile(hours_past(order, hours))
+        assert (sweep.expired, sweep.failed) == (0, 0), hours
         assert (await shop.pay.get_order(otn)).status == "unpaid"
-        assert await open_orders(shop) == {otn}
-        # The next pass closes it for real; only WeChat Pay's CLOSED for this order expires it.
-        assert (await shop.pay.reconcile(deadline(order))).expired == 1
-        assert shop.fake.trades[otn].state == "CLOSED"
-        assert shop.fake.asked("close") == [otn, otn]
+    assert await open_orders(shop) == {otn}
+    assert shop.fake.asked("close") == []
+    assert warnings(caplog, "does not know the order; kept open")
+
+    # An answer that names the order ends the run of "not found": it starts again after.
+    shop.fake.trades[otn] = trade
+    trade.state = "USERPAYING"
+    await shop.pay.reconcile(hours_past(order, 25))
+    del shop.fake.trades[otn]
+    assert (await shop.pay.reconcile(hours_past(order, 26))).expired == 0
+    assert (await shop.pay.reconcile(hours_past(order, 49.9))).expired == 0
+    assert shop.fake.asked("query") == [otn] * 7
+
+    # The run is kept in the store: a restarted bot goes on counting from its start.
+    restarted = WeChatPay(shop.pay.config, shop.bank.store, shop.core.credit_payment)
+    assert (await restarted.reconcile(hours_past(order, 50))).expired == 1
+    assert (await restarted.get_order(otn)).status == "expired"
+    assert await open_orders(shop) == set()
+    assert warnings(caplog, "has not known the order since")
+    assert await shop.balance() == 0 and shop.fake.asked("close") == []
+    await restarted.close()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_replayed_close_confirmation_does_not_expire_a_paid_order(
+    shop_on_every_backend: Shop,
+) -> None:
+    shop = shop_on_every_backend
+    order = await shop.pay.create_order("wechat", "42", 300)
+    otn = order.out_trade_no
+    shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
+    shop.fake.misbehave("close", "replayed")  # another close's confirmation, replayed
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert shop.fake.trades[otn].state == "SUCCESS"
+    # The confirmation names no order: the query after it finds the payment and credits it.
+    assert (sweep.credited, sweep.expired) == (1, 0)
+    assert (await shop.pay.get_order(otn)).status == "paid"
+    assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
+    assert await shop.bank.store.get(f"payacct:{order.key}") == "wechat:42"
+
+
+async def test_an_order_still_payable_after_its_close_stays_open(shop: Shop) -> None:
+    order = await shop.pay.create_order("wechat", "42", 300)
+    otn = order.out_trade_no
+    shop.fake.misbehave("close", "replayed")  # "closed", but WeChat Pay closed nothing
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert (sweep.expired, sweep.failed) == (0, 1)
+    assert shop.fake.trades[otn].state == "NOTPAY"
+    assert (await shop.pay.get_order(otn)).status == "unpaid"
+    assert await open_orders(shop) == {otn}
+    # The next pass closes it for real; only WeChat Pay's CLOSED for this order expires it.
+    assert (await shop.pay.reconcile(deadline(order))).expired == 1
+    assert shop.fake.trades[otn].state == "CLOSED"
+    assert shop.fake.asked("close") == [otn, otn]
+
+
 @pytest.mark.parametrize("state", ["CLOSED", "NOTPAY"])
 async def test_an_answer_about_another_merchants_order_expires_nothing(
-    sqlite_bank: Bank, tmp_path: Path, version: str, state: str, caplog: pytest.LogCaptureFixture
+    shop: Shop, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        otn = order.out_trade_no
-        shop.fake.trades[otn].state = state
-        shop.fake.misbehave("query", "foreign")  # signed, our number, another mchid and appid
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert (sweep.expired, sweep.failed) == (0, 1)
-        assert shop.fake.asked("close") == []
-        assert (await shop.pay.get_order(otn)).status == "unpaid"
-        assert warnings(caplog, "does not match the order")
-        assert (await shop.pay.reconcile(deadline(order))).expired == 1  # a genuine answer
+    order = await shop.pay.create_order("wechat", "42", 300)
+    otn = order.out_trade_no
+    shop.fake.trades[otn].state = state
+    shop.fake.misbehave("query", "foreign")  # signed, our number, another mchid and appid
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert (sweep.expired, sweep.failed) == (0, 1)
+    assert shop.fake.asked("close") == []
+    assert (await shop.pay.get_order(otn)).status == "unpaid"
+    assert warnings(caplog, "does not match the order")
+    assert (await shop.pay.reconcile(deadline(order))).expired == 1  # a genuine answer
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_not_found_answers_do_not_expire_a_paid_order(
-    sqlite_bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        shop.fake.pay(order.out_trade_no)
-        shop.fake.misbehave("query", *["notfound"] * 4)  # "no such order", replayed, for hours
-        for hours in (0, 1, 6, 20):
-            sweep = await shop.pay.reconcile(hours_past(order, hours))
-            assert (sweep.credited, sweep.expired) == (0, 0)
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
-        assert (await shop.pay.reconcile(hours_past(order, 21))).credited == 1
-        assert await shop.balance() == 300 * MILLI_PER_FEN
+async def test_not_found_answers_do_not_expire_a_paid_order(shop: Shop) -> None:
+    order = await shop.pay.create_order("wechat", "42", 300)
+    shop.fake.pay(order.out_trade_no)
+    shop.fake.misbehave("query", *["notfound"] * 4)  # "no such order", replayed, for hours
+    for hours in (0, 1, 6, 20):
+        sweep = await shop.pay.reconcile(hours_past(order, hours))
+        assert (sweep.credited, sweep.expired) == (0, 0)
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+    assert (await shop.pay.reconcile(hours_past(order, 21))).credited == 1
+    assert await shop.balance() == 300 * MILLI_PER_FEN
 
 
 async def test_an_order_being_paid_at_its_deadline_is_not_expired(
@@ -383,91 +380,79 @@ QUERY_FAULTS = [
 
 @pytest.mark.parametrize(("version", "fault"), QUERY_FAULTS)
 async def test_a_failed_query_leaves_a_paid_order_pending_and_the_next_pass_settles_it(
-    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str, caplog
+    shop: Shop, fault: str, caplog
 ) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        pay = short_timeout(shop) if fault == "timeout" else shop.pay
-        paid = await pay.create_order("wechat", "42", 300)
-        shop.fake.pay(paid.out_trade_no)
-        shop.fake.misbehave("query", fault)
-        sweep = await pay.reconcile(deadline(paid))
-        assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
-        assert await shop.balance() == 0 and told(shop) == []
-        assert (await pay.get_order(paid.out_trade_no)).status == "unpaid"
-        assert await open_orders(shop) == {paid.out_trade_no}
-        warned = [r for r in caplog.records if r.getMessage() == "wechatpay order query failed"]
-        assert warned and all(fake.API_KEY not in str(r.__dict__) for r in warned)
+    pay = short_timeout(shop) if fault == "timeout" else shop.pay
+    paid = await pay.create_order("wechat", "42", 300)
+    shop.fake.pay(paid.out_trade_no)
+    shop.fake.misbehave("query", fault)
+    sweep = await pay.reconcile(deadline(paid))
+    assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
+    assert await shop.balance() == 0 and told(shop) == []
+    assert (await pay.get_order(paid.out_trade_no)).status == "unpaid"
+    assert await open_orders(shop) == {paid.out_trade_no}
+    warned = [r for r in caplog.records if r.getMessage() == "wechatpay order query failed"]
+    assert warned and all(fake.API_KEY not in str(r.__dict__) for r in warned)
 
-        sweep = await pay.reconcile(deadline(paid))
-        assert sweep.credited == 1
-        assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
-        await pay.close()
+    sweep = await pay.reconcile(deadline(paid))
+    assert sweep.credited == 1
+    assert await shop.balance() == 300 * MILLI_PER_FEN and len(told(shop)) == 1
+    await pay.close()
 
 
 @pytest.mark.parametrize(("version", "fault"), QUERY_FAULTS)
 async def test_a_failed_query_at_the_deadline_does_not_expire_an_unpaid_order(
-    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
+    shop: Shop, fault: str
 ) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        pay = short_timeout(shop) if fault == "timeout" else shop.pay
-        order = await pay.create_order("wechat", "42", 300)
-        shop.fake.misbehave("query", fault)
-        assert (await pay.reconcile(deadline(order))).expired == 0
-        assert shop.fake.asked("close") == []
-        assert (await pay.get_order(order.out_trade_no)).status == "unpaid"
-        assert (await pay.reconcile(deadline(order))).expired == 1  # the next pass closes it
-        assert shop.fake.trades[order.out_trade_no].state == "CLOSED"
-        await pay.close()
+    pay = short_timeout(shop) if fault == "timeout" else shop.pay
+    order = await pay.create_order("wechat", "42", 300)
+    shop.fake.misbehave("query", fault)
+    assert (await pay.reconcile(deadline(order))).expired == 0
+    assert shop.fake.asked("close") == []
+    assert (await pay.get_order(order.out_trade_no)).status == "unpaid"
+    assert (await pay.reconcile(deadline(order))).expired == 1  # the next pass closes it
+    assert shop.fake.trades[order.out_trade_no].state == "CLOSED"
+    await pay.close()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("fault", ["500", "badsig"])
-async def test_a_failed_close_does_not_expire_the_order(
-    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        shop.fake.misbehave("close", fault)
-        assert (await shop.pay.reconcile(deadline(order))).expired == 0
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
-        # Paid between the query and the close: the next pass credits instead of expiring.
-        shop.fake.pay(order.out_trade_no)
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert (sweep.credited, sweep.expired) == (1, 0)
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+async def test_a_failed_close_does_not_expire_the_order(shop: Shop, fault: str) -> None:
+    order = await shop.pay.create_order("wechat", "42", 300)
+    shop.fake.misbehave("close", fault)
+    assert (await shop.pay.reconcile(deadline(order))).expired == 0
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+    # Paid between the query and the close: the next pass credits instead of expiring.
+    shop.fake.pay(order.out_trade_no)
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert (sweep.credited, sweep.expired) == (1, 0)
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_paid_between_the_query_and_the_close_is_credited_not_expired(
-    sqlite_bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert (sweep.expired, sweep.failed) == (0, 1)  # WeChat Pay refused the close: paid
-        assert shop.fake.asked("close") == [order.out_trade_no]
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
-        assert (await shop.pay.reconcile(deadline(order))).credited == 1
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
-        assert await shop.balance() == 300 * MILLI_PER_FEN
+async def test_paid_between_the_query_and_the_close_is_credited_not_expired(shop: Shop) -> None:
+    order = await shop.pay.create_order("wechat", "42", 300)
+    shop.fake.misbehave("query", "paid-after")  # NOTPAY, and the user pays just then
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert (sweep.expired, sweep.failed) == (0, 1)  # WeChat Pay refused the close: paid
+    assert shop.fake.asked("close") == [order.out_trade_no]
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+    assert (await shop.pay.reconcile(deadline(order))).credited == 1
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+    assert await shop.balance() == 300 * MILLI_PER_FEN
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("fault", ["amount", "mchid", "appid"])
 async def test_a_success_answer_that_does_not_match_the_order_credits_nothing(
-    sqlite_bank: Bank, tmp_path: Path, version: str, fault: str
+    shop: Shop, fault: str
 ) -> None:
-    async with open_shop(sqlite_bank, tmp_path, v3=version == "v3") as shop:
-        order = await shop.pay.create_order("wechat", "42", 300)
-        shop.fake.misbehave("query", fault, fault)
-        sweep = await shop.pay.reconcile(deadline(order))
-        assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
-        with pytest.raises(NotifyRejected, match="mismatch"):
-            await check(shop.pay, order.out_trade_no)
-        assert await shop.balance() == 0 and told(shop) == []
-        assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
-        assert shop.fake.asked("close") == []
+    order = await shop.pay.create_order("wechat", "42", 300)
+    shop.fake.misbehave("query", fault, fault)
+    sweep = await shop.pay.reconcile(deadline(order))
+    assert (sweep.credited, sweep.expired, sweep.failed) == (0, 0, 1)
+    with pytest.raises(NotifyRejected, match="mismatch"):
+        await check(shop.pay, order.out_trade_no)
+    assert await shop.balance() == 0 and told(shop) == []
+    assert (await shop.pay.get_order(order.out_trade_no)).status == "unpaid"
+    assert shop.fake.asked("close") == []
 
 
 @pytest.mark.parametrize("fault", ["badsig", "unsigned", "stale", "500"])
@@ -486,60 +471,58 @@ async def test_v3_order_whose_answer_does_not_verify_is_refused(
 # --- concurrency ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", VERSIONS)
 async def test_reconciliation_and_notification_at_the_same_moment_credit_once(
-    bank: Bank, tmp_path: Path, version: str
+    shop_on_every_backend: Shop, version: str
 ) -> None:
-    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
-        orders = [await shop.pay.create_order("wechat", "42", 100 + i) for i in range(3)]
-        for order in orders:
-            shop.fake.pay(order.out_trade_no)
-        for order in orders:
-            when = deadline(order)
-            await asyncio.gather(
-                shop.pay.reconcile(when),
-                notification(shop, version, order),
-                check(shop.pay, order.out_trade_no),
-                notification(shop, version, order),
-                shop.pay.reconcile(when),
-            )
-        assert await shop.balance() == sum(o.fen for o in orders) * MILLI_PER_FEN
-        entries = await bank.wallet.entries("wechat:42")
-        assert sorted(e.key for e in entries) == sorted(o.key for o in orders)
-        assert len(told(shop)) == 3
-        by_key = {e.key: e.id for e in entries}
-        for order in orders:
-            assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
-            # Credited through Accounts.credit_payment: the payer pinned, the entry recorded.
-            assert await bank.store.get(f"payacct:{order.key}") == "wechat:42"
-            assert await bank.store.get(f"pay:{order.key}") == by_key[order.key]
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_notification(
-    bank: Bank, tmp_path: Path, version: str
-) -> None:
-    async with open_shop(bank, tmp_path, v3=version == "v3") as shop:
-        accounts = shop.core.accounts
-        await accounts.link("wechat", "42", await accounts.new_link_code("telegram:7"))
-        order = await shop.pay.create_order("wechat", "42", 700)
+    shop = shop_on_every_backend
+    orders = [await shop.pay.create_order("wechat", "42", 100 + i) for i in range(3)]
+    for order in orders:
         shop.fake.pay(order.out_trade_no)
+    for order in orders:
         when = deadline(order)
         await asyncio.gather(
-            notification(shop, version, order),
             shop.pay.reconcile(when),
+            notification(shop, version, order),
             check(shop.pay, order.out_trade_no),
-            shop.pay.reconcile(when),
             notification(shop, version, order),
+            shop.pay.reconcile(when),
         )
-        # The linked wallet is paid, once; the WeChat identity's own account gets nothing.
-        assert (await bank.wallet.balance("telegram:7")).total == 700 * MILLI_PER_FEN
-        assert await shop.balance() == 0
-        [entry] = await bank.wallet.entries("telegram:7")
-        assert entry.key == order.key
-        assert await bank.store.get(f"payacct:{order.key}") == "telegram:7"
-        assert await bank.store.get(f"pay:{order.key}") == entry.id
-        assert len(told(shop)) == 1
+    assert await shop.balance() == sum(o.fen for o in orders) * MILLI_PER_FEN
+    entries = await shop.bank.wallet.entries("wechat:42")
+    assert sorted(e.key for e in entries) == sorted(o.key for o in orders)
+    assert len(told(shop)) == 3
+    by_key = {e.key: e.id for e in entries}
+    for order in orders:
+        assert (await shop.pay.get_order(order.out_trade_no)).status == "paid"
+        # Credited through Accounts.credit_payment: the payer pinned, the entry recorded.
+        assert await shop.bank.store.get(f"payacct:{order.key}") == "wechat:42"
+        assert await shop.bank.store.get(f"pay:{order.key}") == by_key[order.key]
+
+
+async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_notification(
+    shop_on_every_backend: Shop, version: str
+) -> None:
+    shop = shop_on_every_backend
+    accounts = shop.core.accounts
+    await accounts.link("wechat", "42", await accounts.new_link_code("telegram:7"))
+    order = await shop.pay.create_order("wechat", "42", 700)
+    shop.fake.pay(order.out_trade_no)
+    when = deadline(order)
+    await asyncio.gather(
+        notification(shop, version, order),
+        shop.pay.reconcile(when),
+        check(shop.pay, order.out_trade_no),
+        shop.pay.reconcile(when),
+        notification(shop, version, order),
+    )
+    # The linked wallet is paid, once; the WeChat identity's own account gets nothing.
+    assert (await shop.bank.wallet.balance("telegram:7")).total == 700 * MILLI_PER_FEN
+    assert await shop.balance() == 0
+    [entry] = await shop.bank.wallet.entries("telegram:7")
+    assert entry.key == order.key
+    assert await shop.bank.store.get(f"payacct:{order.key}") == "telegram:7"
+    assert await shop.bank.store.get(f"pay:{order.key}") == entry.id
+    assert len(told(shop)) == 1
 
 
 @pytest.mark.parametrize("version", VERSIONS)
