@@ -18,6 +18,7 @@ import uuid
 from typing import TextIO
 
 from billing.money import MILLI_PER_CREDIT, format_credits
+from bot.assemble import assemble
 from bot.core import Core
 from bot.events import Delivery, Event, FinalText, ImageResult, Notice, Progress, TextDelta
 from bot.settings import Settings
@@ -138,7 +139,7 @@ async def run_console(
             }
         )
         print(BANNER_SIMULATED, file=stderr, flush=True)
-    core = await Core.create(settings)
+    core = await assemble(settings)
     try:
         await core.start()
         console = Console(core, stdout, interactive=interactive)

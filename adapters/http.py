@@ -16,6 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from bot.assemble import assemble
 from bot.core import Core
 from bot.settings import Settings
 
@@ -95,7 +96,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
             "(users are not charged). Set it, or point OPENAI_BASE_URL at `creditbot simulate`.",
             settings.openai_base_url,
         )
-    core = await Core.create(settings)
+    core = await assemble(settings)
     app = build_app(core)
     fronts = install_front_ends(core, settings, app)
     await core.start()  # after the front ends set their sinks: resumed results reach them
