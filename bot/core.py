@@ -116,6 +116,7 @@ class Core:
         history (ChatFlow.open).
         """
         text = msg.text.strip()
+        command = parse_command(text)  # the one parse of the text: a command, else a chat
         # The mark's value is this delivery's own, so a first round trip that fails or is
         # cancelled (the store may have applied it) can take back its mark and no other: a
         # redelivery of a message never answered is then answered, not dropped.
@@ -123,7 +124,7 @@ class Core:
         seen: Op = ("add", mark_key, mark, self.settings.dedupe_ttl_seconds)
         opening: Opening | None = None
         try:
-            if text and not msg.images and parse_command(text) is None:
+            if text and not msg.images and command is None:
                 opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
                 fresh = opening is not None
             else:
@@ -157,12 +158,13 @@ class Core:
             if not req.text:
                 yield Notice(t("empty_message", lang))
                 return
-            if opening is None:
-                count_request(msg.platform, "command")
-                flow = self.commands.dispatch(req)
-            else:
+            if opening is not None:
                 count_request(msg.platform, "chat")
                 flow = self.chat.run(req, opening)
+            else:
+                assert command is not None  # with text and no pictures, not a chat: a command
+                count_request(msg.platform, "command")
+                flow = self.commands.dispatch(req, command)
             async with contextlib.aclosing(flow) as events:
                 async for event in events:
                     yield event
