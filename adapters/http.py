@@ -16,14 +16,14 @@ from typing import Protocol
 
 from aiohttp import web
 
+from bot.api import CoreAPI
 from bot.assemble import assemble
-from bot.core import Core
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechatpay")
-CORE_KEY = web.AppKey("core", Core)
+CORE_KEY = web.AppKey("core", CoreAPI)
 
 
 class FrontEnd(Protocol):
@@ -51,7 +51,7 @@ async def mj_notify(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "tracked": tracked})
 
 
-def build_app(core: Core) -> web.Application:
+def build_app(core: CoreAPI) -> web.Application:
     """/healthz and /mj/notify (front ends add their own routes)."""
     app = web.Application(client_max_size=1024 * 1024)
     app[CORE_KEY] = core
@@ -60,7 +60,7 @@ def build_app(core: Core) -> web.Application:
     return app
 
 
-def install_front_ends(core: Core, settings: Settings, app: web.Application) -> list[FrontEnd]:
+def install_front_ends(core: CoreAPI, settings: Settings, app: web.Application) -> list[FrontEnd]:
     """Call each front end's install(); a missing or unconfigured one is skipped."""
     fronts: list[FrontEnd] = []
     for name in FRONT_ENDS:
