@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from bot import runtime
+from bot.logs import setup_logging
 from bot.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup_logging(settings: object, *, quiet: bool) -> None:
-    try:
-        from bot.logs import setup_logging
-    except ImportError:
-        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO)
-        return
     level = getattr(settings, "log_level", "INFO")
     if quiet and level.upper() not in ("DEBUG",):
         level = "WARNING"  # the console's own output is the conversation

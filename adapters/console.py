@@ -18,7 +18,8 @@ import uuid
 from typing import TextIO
 
 from billing.money import MILLI_PER_CREDIT, format_credits
-from bot.core import Core
+from bot.api import CoreAPI
+from bot.assemble import assemble
 from bot.events import Delivery, Event, FinalText, ImageResult, Notice, Progress, TextDelta
 from bot.settings import Settings
 
@@ -36,7 +37,7 @@ BANNER_SIMULATED = (
 class Console:
     """Reads lines, hands them to the core as messages, prints what comes back."""
 
-    def __init__(self, core: Core, out: TextIO, *, interactive: bool) -> None:
+    def __init__(self, core: CoreAPI, out: TextIO, *, interactive: bool) -> None:
         self.core = core
         self.out = out
         self.interactive = interactive
@@ -138,7 +139,7 @@ async def run_console(
             }
         )
         print(BANNER_SIMULATED, file=stderr, flush=True)
-    core = await Core.create(settings)
+    core = await assemble(settings)
     try:
         await core.start()
         console = Console(core, stdout, interactive=interactive)

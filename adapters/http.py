@@ -2,7 +2,9 @@
 
 Front ends that need HTTP (Telegram webhooks, WeChat, WeChat Pay) mount their routes on this
 app through their `install(core, settings, app)`; each returns None when not configured, so an
-operator turns a platform on by setting its variables and nothing else.
+operator turns a platform on by setting its variables and nothing else. Every front end is
+part of the install: one that fails to import is a broken install, and `serve` refuses to
+start (exit status 1, naming the front end and the error) before it opens anything.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import contextlib
 import importlib
 import logging
 import signal
+from types import ModuleType
 from typing import Protocol
 
 from aiohttp import web
 
-from bot.core import Core
+from bot import metrics
+from bot.api import CoreAPI
+from bot.assemble import assemble
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechatpay")
-CORE_KEY = web.AppKey("core", Core)
+CORE_KEY = web.AppKey("core", CoreAPI)
 
 
 class FrontEnd(Protocol):
@@ -50,7 +55,7 @@ async def mj_notify(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "tracked": tracked})
 
 
-def build_app(core: Core) -> web.Application:
+def build_app(core: CoreAPI) -> web.Application:
     """/healthz and /mj/notify (front ends add their own routes)."""
     app = web.Application(client_max_size=1024 * 1024)
     app[CORE_KEY] = core
@@ -59,26 +64,42 @@ def build_app(core: Core) -> web.Application:
     return app
 
 
-def install_front_ends(core: Core, settings: Settings, app: web.Application) -> list[FrontEnd]:
-    """Call each front end's install(); a missing or unconfigured one is skipped."""
-    fronts: list[FrontEnd] = []
-    for name in FRONT_ENDS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            log.info("front end %s not available: %s", name, exc)
-            continue
-        install = getattr(module, "install", None)
-        if install is None:
-            continue
-        front = install(core, settings, app)
-        if front is not None:
-            log.info("front end %s configured", name)
-            fronts.append(front)
-    with contextlib.suppress(ImportError):
-        from bot import metrics
+class FrontEndError(RuntimeError):
+    """A front end could not be imported: the install is broken, `creditbot run` stops."""
 
-        metrics.install(app, wallet=core.wallet)
+
+def import_front_ends(names: tuple[str, ...] = FRONT_ENDS) -> list[ModuleType]:
+    """Every front end's module; FrontEndError naming the first that fails to import."""
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as exc:
+            raise FrontEndError(f"front end {name} failed to import: {exc!r}") from exc
+    return modules
+
+
+def install_front_ends(
+    core: CoreAPI,
+    settings: Settings,
+    app: web.Application,
+    modules: list[ModuleType] | None = None,
+) -> list[FrontEnd]:
+    """Call each front end's install(); an unconfigured one (install() is None) is skipped.
+
+    A front end imports its platform library when it is configured (Telegram: aiogram's
+    dispatcher): failing that import is a FrontEndError too.
+    """
+    fronts: list[FrontEnd] = []
+    for module in import_front_ends() if modules is None else modules:
+        try:
+            front = module.install(core, settings, app)
+        except ImportError as exc:
+            raise FrontEndError(f"front end {module.__name__} failed to import: {exc!r}") from exc
+        if front is not None:
+            log.info("front end %s configured", module.__name__)
+            fronts.append(front)
+    metrics.install(app, wallet=core.wallet)
     return fronts
 
 
@@ -95,9 +116,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
             "(users are not charged). Set it, or point OPENAI_BASE_URL at `creditbot simulate`.",
             settings.openai_base_url,
         )
-    core = await Core.create(settings)
+    try:
+        modules = import_front_ends()
+    except FrontEndError as exc:
+        log.error("creditbot run: %s", exc)
+        return 1
+    core = await assemble(settings)
     app = build_app(core)
-    fronts = install_front_ends(core, settings, app)
+    try:
+        fronts = install_front_ends(core, settings, app, modules)
+    except FrontEndError as exc:
+        log.error("creditbot run: %s", exc)
+        await core.close()
+        return 1
     await core.start()  # after the front ends set their sinks: resumed results reach them
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from billing.money import format_credits
+from bot.api import CoreAPI
 from bot.events import Delivery, Notice
 from bot.payments import Order, PayConfig, WeChatPay, format_fen, parse_fen, qr_png
 
@@ -167,25 +168,22 @@ def page_handler(pay: WeChatPay) -> Any:
     return handle
 
 
-def _tell_user(core: Any) -> Any:
+def _tell_user(core: CoreAPI) -> Any:
     """Tell the payer their credits arrived, through the core's sink for their platform."""
-    deliver = getattr(core, "deliver", None) or getattr(core, "_deliver", None)
-    if deliver is None:
-        return None
 
     async def on_paid(order: Order) -> None:
         credits = format_credits(order.amount_milli)
         text = f"Payment received: +{credits} credits.\n支付成功：+{credits} 积分。"
         chat = order.extra.get("chat_id") or order.user_id
-        await deliver(Delivery(order.platform, order.user_id, str(chat), Notice(text)))
+        await core.deliver(Delivery(order.platform, order.user_id, str(chat), Notice(text)))
 
     return on_paid
 
 
-def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd | None:
+def install(core: CoreAPI, settings: Any, app: web.Application) -> WeChatPayFrontEnd | None:
     """Mount the notify endpoint when WeChat Pay is configured; None otherwise.
 
-    `core` is the Core (or anything with `.kv` and `.credit_payment`).
+    `core` is the core as every adapter sees it (`bot.api.CoreAPI`).
     """
     config = PayConfig.from_settings(settings)
     if not config.configured:

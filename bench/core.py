@@ -51,6 +51,7 @@ from pathlib import Path
 
 from billing.wallet.base import HELD, Balance, Entry, Hold, InsufficientCredits
 from bot import runtime  # the product's event loop (uvloop where installed)
+from bot.assemble import assemble
 from bot.core import Core
 from bot.events import FinalText, Message
 from bot.providers.openai import Delta, Usage
@@ -356,14 +357,14 @@ async def run_backend(
     )
     upstream = ZeroUpstream()
     if backend == "memory":
-        core = await Core.create(
+        core = await assemble(
             settings,
             openai=upstream,
             wallet=MemoryWallet(),
             store=MemoryStore(),  # type: ignore[arg-type]
         )
     else:
-        core = await Core.create(settings, openai=upstream)
+        core = await assemble(settings, openai=upstream)
     await core.start()  # as the bot does before it serves (tokenizers loaded, heap frozen)
     try:
         await _fund(core, [f"bench:u{u}" for u in range(users)])

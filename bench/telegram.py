@@ -28,7 +28,7 @@ from aiohttp import ClientSession, web
 from adapters.telegram import install
 from billing.money import MILLI_PER_CREDIT
 from bot import runtime  # the product's event loop (uvloop where installed)
-from bot.core import Core
+from bot.assemble import assemble
 from bot.events import FinalText, Message, TextDelta
 from bot.settings import Settings
 from bot.simulator import start_simulator
@@ -99,7 +99,7 @@ async def run(
             openai_api_key="sk-bench",
             log_level="WARNING",
         )
-        core: Any = _ScriptedCore() if workload == "adapter" else await Core.create(settings)
+        core: Any = _ScriptedCore() if workload == "adapter" else await assemble(settings)
         for user in range(users if workload != "adapter" else 0):
             account = await core.account_of("telegram", str(10_000 + user))
             await core.wallet.credit(account, 1_000 * MILLI_PER_CREDIT, f"bench:{user}", "bench")

@@ -148,7 +148,7 @@ async def run(
 ) -> dict[str, Any]:
     from adapters.wechat import PassiveTiming, install
     from billing.money import MILLI_PER_CREDIT
-    from bot.core import Core
+    from bot.assemble import assemble
     from bot.settings import Settings
     from bot.simulator import start_simulator
     from tests.wechat.fake_wechat import FakeWeChat
@@ -177,7 +177,7 @@ async def run(
 
             core = EchoCore(await open_store(settings.wallet_url))
         else:
-            core = await Core.create(settings)
+            core = await assemble(settings)
             await core.start()
         for user in range(users if core_kind == "real" else 0):
             account = await core.account_of("wechat", f"o-bench-{user}")

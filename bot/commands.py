@@ -1,22 +1,26 @@
 """Commands, the same on every platform, answered in the user's language.
 
-Each answer is a FinalText (a command's reply) or a Notice (a refusal or an error). Admin
-commands check `settings.admin_ids` ("platform:user_id") and refuse everyone else politely.
+The core parses a message's text once (`parse_command`) and hands the `Command` to
+`Commands.dispatch`, which looks its name up in one table. Every handler is an async generator
+of events: most yield one FinalText (a command's reply) or Notice (a refusal or an error);
+`/imagine` yields progress and the image as they come. Admin commands check
+`settings.admin_ids` ("platform:user_id") and refuse everyone else politely.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing.money import format_cny, format_credits, parse_credits
 from billing.pricing import IMAGE_ACTIONS, UnknownModel
 from billing.wallet.base import CAPTURE, Entry
 from bot.accounts import LinkError
 from bot.chat import chosen_model, price_text
+from bot.codes import CodeError, redeem_code
 from bot.context import Request, Services
 from bot.events import Event, FinalText, Notice
 from bot.i18n import t
@@ -27,11 +31,19 @@ log = logging.getLogger(__name__)
 USAGE_LINES = 10
 USAGE_MAX_LINES = 50
 
-Handler = Callable[[Request, str], Awaitable[Event]]
+Events = AsyncGenerator[Event, None]
+Handler = Callable[[Request, str], Events]
 
 
-def parse_command(text: str) -> tuple[str, str] | None:
-    """ "/model@MyBot gpt-4" -> ("model", "gpt-4"); None if the text is not a command."""
+class Command(NamedTuple):
+    """A parsed command: `/model@MyBot gpt-4` is Command("model", "gpt-4")."""
+
+    name: str
+    args: str
+
+
+def parse_command(text: str) -> Command | None:
+    """ "/model@MyBot gpt-4" -> Command("model", "gpt-4"); None if the text is not a command."""
     text = text.strip()
     if not text.startswith("/") or len(text) < 2:
         return None
@@ -39,7 +51,7 @@ def parse_command(text: str) -> tuple[str, str] | None:
     name = head.split("@", 1)[0].lower()
     if not name:
         return None
-    return name, rest.strip()
+    return Command(name, rest.strip())
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -63,38 +75,30 @@ class Commands:
             "prices": self.price,
             "usage": self.usage,
             "link": self.link,
+            "imagine": images.imagine,
             "grant": self.grant,
             "refund": self.refund,
         }
 
-    def is_command(self, text: str) -> bool:
-        return parse_command(text) is not None
-
-    async def dispatch(self, req: Request) -> AsyncIterator[Event]:
-        parsed = parse_command(req.text)
-        if parsed is None:
-            return
-        name, args = parsed
-        if name == "imagine":
-            async with contextlib.aclosing(self.images.imagine(req, args)) as events:
-                async for event in events:
-                    yield event
-            return
-        handler = self.handlers.get(name)
+    async def dispatch(self, req: Request, command: Command) -> Events:
+        """The events answering `command` (parsed by the caller from `req.text`)."""
+        handler = self.handlers.get(command.name)
         if handler is None:
             yield Notice(t("unknown_command", req.lang))
             return
-        yield await handler(req, args)
+        async with contextlib.aclosing(handler(req, command.args)) as events:
+            async for event in events:
+                yield event
 
     # --- everyone ----------------------------------------------------------------------------
 
-    async def start(self, req: Request, args: str) -> Event:
+    async def start(self, req: Request, args: str) -> Events:
         balance = await self.s.wallet.balance(req.account)
         greeting = t("start_greeting", req.lang, available=format_credits(balance.available))
-        return FinalText(greeting + "\n\n" + await self._help_text(req))
+        yield FinalText(greeting + "\n\n" + await self._help_text(req))
 
-    async def help(self, req: Request, args: str) -> Event:
-        return FinalText(await self._help_text(req))
+    async def help(self, req: Request, args: str) -> Events:
+        yield FinalText(await self._help_text(req))
 
     async def _help_text(self, req: Request) -> str:
         model, _ = await chosen_model(self.s, req.account)
@@ -104,10 +108,10 @@ class Commands:
             image = "-"
         return t("help", req.lang, model=model, image=image)
 
-    async def balance(self, req: Request, args: str) -> Event:
+    async def balance(self, req: Request, args: str) -> Events:
         balance = await self.s.wallet.balance(req.account)
         today = await self._spent_today(req.account)
-        return FinalText(
+        yield FinalText(
             t(
                 "balance",
                 req.lang,
@@ -133,21 +137,19 @@ class Commands:
                 return spent
             before = page[-1].created_at
 
-    async def topup(self, req: Request, args: str) -> Event:
+    async def topup(self, req: Request, args: str) -> Events:
         if not args:
-            return FinalText(self.s.settings.topup_text or t("topup_default", req.lang))
-        try:
-            from bot.codes import CodeError, redeem_code
-        except ImportError:
-            return Notice(t("codes_disabled", req.lang), kind="error")
+            yield FinalText(self.s.settings.topup_text or t("topup_default", req.lang))
+            return
         try:
             amount = await redeem_code(
                 self.s.wallet, self.s.store, req.account, args, user_key=req.ident
             )
         except CodeError as exc:
-            return Notice(t(f"code_{exc.kind}", req.lang), kind="error")
+            yield Notice(t(f"code_{exc.kind}", req.lang), kind="error")
+            return
         balance = await self.s.wallet.balance(req.account)
-        return FinalText(
+        yield FinalText(
             t(
                 "topup_ok",
                 req.lang,
@@ -156,22 +158,24 @@ class Commands:
             )
         )
 
-    async def new(self, req: Request, args: str) -> Event:
+    async def new(self, req: Request, args: str) -> Events:
         await self.s.conversations.reset(req.account, req.platform, req.chat_id)
-        return FinalText(t("new_ok", req.lang))
+        yield FinalText(t("new_ok", req.lang))
 
-    async def model(self, req: Request, args: str) -> Event:
+    async def model(self, req: Request, args: str) -> Events:
         prices = self.s.prices
         if args:
             name = args.split()[0]
             try:
                 price = prices.get(name)
             except UnknownModel:
-                return Notice(t("model_unknown", req.lang, model=name), kind="error")
+                yield Notice(t("model_unknown", req.lang, model=name), kind="error")
+                return
             if price.kind != "chat":
-                return Notice(t("model_not_chat", req.lang, model=name), kind="error")
+                yield Notice(t("model_not_chat", req.lang, model=name), kind="error")
+                return
             await self.s.conversations.set_model(req.account, name.strip().lower())
-            return FinalText(
+            yield FinalText(
                 t(
                     "model_switched",
                     req.lang,
@@ -180,6 +184,7 @@ class Commands:
                     output=price_text(price.output),
                 )
             )
+            return
         current, current_price = await chosen_model(self.s, req.account)
         lines = [t("model_header", req.lang)]
         for price in prices.chat_models():
@@ -195,9 +200,9 @@ class Commands:
                 )
             )
         lines.append(t("model_footer", req.lang, model=current))
-        return FinalText("\n".join(lines))
+        yield FinalText("\n".join(lines))
 
-    async def price(self, req: Request, args: str) -> Event:
+    async def price(self, req: Request, args: str) -> Events:
         prices = self.s.prices
         lines = [t("price_header", req.lang)]
         for price in prices.chat_models():
@@ -224,52 +229,59 @@ class Commands:
                         )
                     )
         lines.append(t("price_footer", req.lang))
-        return FinalText("\n".join(lines))
+        yield FinalText("\n".join(lines))
 
-    async def usage(self, req: Request, args: str) -> Event:
+    async def usage(self, req: Request, args: str) -> Events:
         count = USAGE_LINES
         if args.split() and args.split()[0].isdigit():
             count = max(1, min(int(args.split()[0]), USAGE_MAX_LINES))
         entries = await self.s.wallet.entries(req.account, limit=count)
         if not entries:
-            return FinalText(t("usage_empty", req.lang))
+            yield FinalText(t("usage_empty", req.lang))
+            return
         lines = [t("usage_header", req.lang, count=len(entries))]
         lines.extend(usage_line(entry, req.lang) for entry in entries)
-        return FinalText("\n".join(lines))
+        yield FinalText("\n".join(lines))
 
-    async def link(self, req: Request, args: str) -> Event:
+    async def link(self, req: Request, args: str) -> Events:
         accounts = self.s.accounts
         if not args:
             code = await accounts.new_link_code(req.account)
-            return FinalText(t("link_code", req.lang, code=code, minutes=10))
+            yield FinalText(t("link_code", req.lang, code=code, minutes=10))
+            return
         try:
             account, moved = await accounts.link(req.platform, req.user_id, args.split()[0])
         except LinkError as exc:
-            return Notice(t(f"link_{exc.kind}", req.lang), kind="error")
+            yield Notice(t(f"link_{exc.kind}", req.lang), kind="error")
+            return
         available = format_credits((await self.s.wallet.balance(account)).available)
         if moved:
-            return FinalText(
+            yield FinalText(
                 t("link_moved", req.lang, credits=format_credits(moved), available=available)
             )
-        return FinalText(t("link_ok", req.lang, available=available))
+            return
+        yield FinalText(t("link_ok", req.lang, available=available))
 
     # --- admins ------------------------------------------------------------------------------
 
     def is_admin(self, req: Request) -> bool:
         return req.ident in self.s.settings.admin_ids
 
-    async def grant(self, req: Request, args: str) -> Event:
+    async def grant(self, req: Request, args: str) -> Events:
         if not self.is_admin(req):
-            return Notice(t("admin_only", req.lang), kind="error")
+            yield Notice(t("admin_only", req.lang), kind="error")
+            return
         parts = args.split()
         if len(parts) != 2:
-            return Notice(t("grant_usage", req.lang), kind="error")
+            yield Notice(t("grant_usage", req.lang), kind="error")
+            return
         try:
             amount = parse_credits(parts[1])
         except ValueError:
             amount = 0
         if amount <= 0:
-            return Notice(t("bad_amount", req.lang, value=parts[1]), kind="error")
+            yield Notice(t("bad_amount", req.lang, value=parts[1]), kind="error")
+            return
         account = await self.s.accounts.resolve_name(parts[0])
         key = f"grant:{req.platform}:{req.message_id}"
         # Through Accounts: a redelivered grant credits the first account (pinned), and the
@@ -285,7 +297,7 @@ class Commands:
         account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
         balance = await self.s.wallet.balance(account)
-        return FinalText(
+        yield FinalText(
             t(
                 "grant_ok",
                 req.lang,
@@ -296,24 +308,29 @@ class Commands:
             )
         )
 
-    async def refund(self, req: Request, args: str) -> Event:
+    async def refund(self, req: Request, args: str) -> Events:
         if not self.is_admin(req):
-            return Notice(t("admin_only", req.lang), kind="error")
+            yield Notice(t("admin_only", req.lang), kind="error")
+            return
         parts = args.split()
         if len(parts) != 1:
-            return Notice(t("refund_usage", req.lang), kind="error")
+            yield Notice(t("refund_usage", req.lang), kind="error")
+            return
         entry_id = parts[0].lstrip("#")
         entry = await self.s.wallet.get_entry(entry_id)
         if entry is None:
-            return Notice(t("refund_not_found", req.lang, entry=entry_id), kind="error")
+            yield Notice(t("refund_not_found", req.lang, entry=entry_id), kind="error")
+            return
         if entry.kind != CAPTURE:
             # Only a charge can be given back: refunding a /link move or a payment reversal
             # would create credits that were never paid for.
-            return Notice(t("refund_not_charge", req.lang, entry=entry.id), kind="error")
+            yield Notice(t("refund_not_charge", req.lang, entry=entry.id), kind="error")
+            return
         marker = f"refund:{entry.id}"
         done = await self.s.store.get(marker)
         if done:
-            return Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
+            yield Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
+            return
         # To the charged account; through Accounts, it follows the user if they /link'ed since.
         refund = await self.s.accounts.credit(
             entry.account,
@@ -324,7 +341,7 @@ class Commands:
             meta={"admin": req.ident},
         )
         await self.s.store.set(marker, refund.id)
-        return FinalText(
+        yield FinalText(
             t(
                 "refund_ok",
                 req.lang,

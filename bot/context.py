@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Services:
-    """The core's parts, built once by Core.create and handed to each flow."""
+    """The core's parts, built once by bot.assemble and handed to each flow."""
 
     settings: Settings
     wallet: Wallet

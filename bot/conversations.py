@@ -195,18 +195,6 @@ class Conversations:
         """The store keys of the account's chosen model and of this chat's history."""
         return [f"model:{account}", self._key(account, platform, chat_id)]
 
-    async def model_and_history(
-        self, account: str, platform: str, chat_id: str
-    ) -> tuple[str | None, list[dict]]:
-        """The account's chosen model and this chat's history, in one store round trip."""
-        keys = self.keys(account, platform, chat_id)
-        get_many = getattr(self.store, "get_many", None)  # a Store written before get_many
-        if get_many is not None:
-            model, raw = await get_many(keys)
-        else:
-            model, raw = await self.store.get(keys[0]), await self.store.get(keys[1])
-        return model, parse_history(raw)
-
     async def append(
         self,
         account: str,

@@ -1,60 +1,44 @@
 """The conversation core: one object every front end talks to.
 
-An adapter builds it with `await Core.create(settings)`, calls `start()`, hands it messages
+`bot.assemble.assemble(settings)` builds it; an adapter calls `start()`, hands it messages
 (`handle`) and button presses (`press`), renders the events they yield, and registers a sink
 per platform for events that arrive later on their own (an image finishing after a restart).
-Payments from a platform (Telegram Stars, WeChat Pay) come in through `credit_payment`.
-Nothing here knows a platform's wire format; nothing below it (billing) knows about chats.
+Adapters see it as `bot.api.CoreAPI`. Payments from a platform (Telegram Stars, WeChat Pay)
+come in through `credit_payment`. Nothing here knows a platform's wire format; nothing below
+it (billing) knows about chats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-from billing.pricing import PriceList
 from billing.tokens import get_encoding
-from billing.wallet import open_wallet
 from billing.wallet.base import (
     CREDIT,
     DEBIT,
     Entry,
     IdempotencyConflict,
     InsufficientCredits,
-    Wallet,
 )
-from bot.accounts import MAX_HOPS, Accounts, account_for, ident_key, identity, remember_name
+from bot.accounts import MAX_HOPS, account_for, ident_key, identity, remember_name
+from bot.api import Sink
 from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
-from bot.conversations import Conversations
 from bot.events import Delivery, Event, Message, Notice
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
-from bot.limits import InflightLimiter, new_token, undo_uncertain
+from bot.limits import new_token, undo_uncertain
+from bot.metrics import count_request
 from bot.runtime import freeze_startup_heap
-from bot.settings import Settings
-from bot.store import open_store
 from bot.store.base import Op, Store, batch
 from bot.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
-
-Sink = Callable[[Delivery], Awaitable[None]]
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a sqlite URL ("sqlite+aiosqlite:///data/x.db" -> data/x.db), else None."""
-    if not url.startswith("sqlite"):
-        return None
-    _, _, rest = url.partition(":///")
-    rest = rest.split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest)
 
 
 class Core:
@@ -69,7 +53,7 @@ class Core:
         self._sinks: dict[str, Sink] = {}
         self._pending: dict[str, list[Delivery]] = {}  # for platforms whose sink is not set yet
         self._flushes: set[asyncio.Task[None]] = set()
-        self.images = ImageFlow(services, self._deliver)
+        self.images = ImageFlow(services, self.deliver)
         self.chat = ChatFlow(services)
         self.commands = Commands(services, self.images)
         self.sweeper = Sweeper(
@@ -80,62 +64,6 @@ class Core:
         )
         self._started = False
         self._names: dict[str, str] = {}  # display names already recorded by this process
-
-    @classmethod
-    async def create(
-        cls,
-        settings: Settings,
-        *,
-        wallet: Wallet | None = None,
-        store: Store | None = None,
-        prices: PriceList | None = None,
-        openai: Any = None,
-        mj: Any = None,
-    ) -> Core:
-        """Open whatever is not passed in, from the settings (and close it again in close())."""
-        owned: list[Any] = []
-        path = sqlite_path(settings.wallet_url)
-        if path is not None and (wallet is None or store is None):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        if wallet is None:
-            wallet = await open_wallet(settings.wallet_url)
-            owned.append(wallet)
-        if store is None:
-            store = await open_store(settings.wallet_url)
-            owned.append(store)
-        if prices is None:
-            prices = PriceList.load(settings.prices_file)
-        if openai is None:
-            from bot.providers.openai import OpenAIClient
-
-            openai = OpenAIClient(
-                settings.openai_base_url,
-                settings.openai_api_key,
-                connect_timeout=settings.openai_connect_timeout,
-                read_timeout=settings.openai_read_timeout,
-                max_retries=settings.openai_max_retries,
-            )
-            owned.append(openai)
-        if mj is None and settings.mj_base_url:
-            from bot.providers.midjourney import MidjourneyClient
-
-            mj = MidjourneyClient(
-                settings.mj_base_url, settings.mj_api_secret, dialect=settings.mj_dialect
-            )
-            owned.append(mj)
-        wallet, openai, mj = _instrumented(wallet, openai, mj)
-        services = Services(
-            settings=settings,
-            wallet=wallet,
-            store=store,
-            prices=prices,
-            openai=openai,
-            mj=mj,
-            accounts=Accounts(store, wallet),
-            conversations=Conversations(store),
-            limiter=InflightLimiter(store, settings.max_inflight_per_user),
-        )
-        return cls(services, owned=owned)
 
     @property
     def kv(self) -> Store:
@@ -161,7 +89,7 @@ class Core:
         freeze_startup_heap()
 
     async def close(self) -> None:
-        """Stop background work and close what create() opened (unsettled tasks stay open)."""
+        """Stop background work and close what assemble() opened (unsettled tasks stay open)."""
         await self.sweeper.stop()
         await self.images.close()
         for task in list(self._flushes):
@@ -188,6 +116,7 @@ class Core:
         history (ChatFlow.open).
         """
         text = msg.text.strip()
+        command = parse_command(text)  # the one parse of the text: a command, else a chat
         # The mark's value is this delivery's own, so a first round trip that fails or is
         # cancelled (the store may have applied it) can take back its mark and no other: a
         # redelivery of a message never answered is then answered, not dropped.
@@ -195,7 +124,7 @@ class Core:
         seen: Op = ("add", mark_key, mark, self.settings.dedupe_ttl_seconds)
         opening: Opening | None = None
         try:
-            if text and not msg.images and parse_command(text) is None:
+            if text and not msg.images and command is None:
                 opening = await self.chat.open(msg.platform, msg.user_id, msg.chat_id, seen)
                 fresh = opening is not None
             else:
@@ -221,7 +150,7 @@ class Core:
                 lang=lang,
                 account=account,
                 stop=stop,
-                shows_partial=getattr(msg, "shows_partial", True),
+                shows_partial=msg.shows_partial,
             )
             if msg.images:  # no model here reads pictures yet: say so rather than answer blind
                 yield Notice(t("images_unsupported", lang))
@@ -229,13 +158,14 @@ class Core:
             if not req.text:
                 yield Notice(t("empty_message", lang))
                 return
-            if opening is None:
-                _count(msg.platform, "command")
-                flow = self.commands.dispatch(req)
-            else:
-                _count(msg.platform, "chat")
+            if opening is not None:
+                count_request(msg.platform, "chat")
                 flow = self.chat.run(req, opening)
-            async with _closing(flow) as events:
+            else:
+                assert command is not None  # with text and no pictures, not a chat: a command
+                count_request(msg.platform, "command")
+                flow = self.commands.dispatch(req, command)
+            async with contextlib.aclosing(flow) as events:
                 async for event in events:
                     yield event
         finally:
@@ -272,7 +202,7 @@ class Core:
             f"seen:{platform}:press:{message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
         ):
             return
-        _count(platform, "press")
+        count_request(platform, "press")
         req = Request(
             platform=platform,
             user_id=user_id,
@@ -282,7 +212,7 @@ class Core:
             lang=language_of(language, self.settings.default_language),
             account=await self.services.accounts.resolve(platform, user_id),
         )
-        async with _closing(self.images.press(req, data)) as events:
+        async with contextlib.aclosing(self.images.press(req, data)) as events:
             async for event in events:
                 yield event
 
@@ -307,10 +237,8 @@ class Core:
                 log.exception("delivering a queued event to %s failed", delivery.platform)
 
     async def deliver(self, delivery: Delivery) -> None:
-        """Send an event to a user outside any handle() call (e.g. a payment confirmation)."""
-        await self._deliver(delivery)
-
-    async def _deliver(self, delivery: Delivery) -> None:
+        """Send an event to a user outside any handle() call (e.g. a payment confirmation);
+        kept until the platform's sink is set."""
         sink = self._sinks.get(delivery.platform)
         if sink is None:
             waiting = self._pending.setdefault(delivery.platform, [])
@@ -439,49 +367,3 @@ class Core:
             if not (isinstance(exc.first, Entry) and exc.first.kind == CREDIT):
                 raise
         return await self.kv.add(flag, "1")
-
-    async def text(self, key: str, language: str | None, **kw: object) -> str:
-        """A user-facing text in the user's language (see bot/i18n.py)."""
-        return t(key, language_of(language, self.settings.default_language), **kw)
-
-    def is_admin(self, platform: str, user_id: str) -> bool:
-        return f"{platform}:{user_id}" in self.settings.admin_ids
-
-
-def _instrumented(wallet: Any, openai: Any, mj: Any) -> tuple[Any, Any, Any]:
-    """Wrap the wallet and upstream clients with bot.metrics' counters, when it is there."""
-    try:
-        from bot import metrics
-    except ImportError:
-        return wallet, openai, mj
-    return (
-        metrics.instrument_wallet(wallet),
-        metrics.instrument_openai(openai),
-        metrics.instrument_mj(mj) if mj is not None else None,
-    )
-
-
-try:
-    from bot.metrics import count_request as _count_request
-except ImportError:  # metrics' dependencies are not installed
-    _count_request = None
-
-
-def _count(platform: str, kind: str) -> None:
-    if _count_request is not None:
-        _count_request(platform, kind)
-
-
-class _closing:
-    """`async with` that always closes an async generator (settling its holds)."""
-
-    def __init__(self, gen: AsyncIterator[Event]) -> None:
-        self.gen = gen
-
-    async def __aenter__(self) -> AsyncIterator[Event]:
-        return self.gen
-
-    async def __aexit__(self, *exc: object) -> None:
-        aclose = getattr(self.gen, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -142,7 +142,7 @@ class InstrumentedWallet:
 
 
 def instrument_wallet(wallet: Any, metrics: Metrics = METRICS) -> Any:
-    """Wrap a wallet so top-ups and charges are counted (Core.create(wallet=...))."""
+    """Wrap a wallet so top-ups and charges are counted (bot.assemble wraps every wallet)."""
     return InstrumentedWallet(wallet, metrics)
 
 
@@ -180,7 +180,7 @@ class InstrumentedOpenAI:
 
 
 def instrument_openai(client: Any, metrics: Metrics = METRICS) -> Any:
-    """Wrap an OpenAIClient (Core.create(openai=...))."""
+    """Wrap an OpenAIClient (bot.assemble does)."""
     return InstrumentedOpenAI(client, metrics)
 
 
@@ -216,7 +216,7 @@ class InstrumentedMidjourney:
 
 
 def instrument_mj(client: Any, metrics: Metrics = METRICS) -> Any:
-    """Wrap a MidjourneyClient (Core.create(mj=...))."""
+    """Wrap a MidjourneyClient (bot.assemble does)."""
     return InstrumentedMidjourney(client, metrics)
 
 

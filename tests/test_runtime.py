@@ -71,11 +71,11 @@ def test_core_start_loads_the_tokenizers_then_freezes(tmp_path: Path) -> None:
     out = _python(
         "import asyncio, gc\n"
         "from billing import tokens\n"
-        "from bot.core import Core\n"
+        "from bot.assemble import assemble\n"
         "from bot.settings import Settings\n"
         "async def main():\n"
         f"    s = Settings(_env_file=None, wallet_url={url!r}, openai_api_key='x')\n"
-        "    core = await Core.create(s)\n"
+        "    core = await assemble(s)\n"
         "    before = (gc.get_freeze_count(), sorted(tokens._encodings))\n"
         "    await core.start()\n"
         "    print(before, gc.get_freeze_count() > 10000, sorted(tokens._encodings))\n"

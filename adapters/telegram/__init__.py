@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from adapters.telegram.context import CoreAPI
     from adapters.telegram.frontend import TelegramFrontEnd
+    from bot.api import CoreAPI
     from bot.settings import Settings
 
 

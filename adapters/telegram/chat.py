@@ -11,11 +11,12 @@ from aiogram import Bot, F, Router
 from aiogram.types import CallbackQuery, MessageGenerationStopped
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import CoreAPI, TelegramContext
+from adapters.telegram.context import TelegramContext
 from adapters.telegram.inbound import ForBot
 from adapters.telegram.replies import converse
 from adapters.telegram.streaming import STOP_PREFIX, draft_handle
 from adapters.telegram.texts import tr
+from bot.api import CoreAPI
 
 
 def build_router() -> Router:

@@ -14,9 +14,10 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import CoreAPI, TelegramContext
+from adapters.telegram.context import TelegramContext
 from adapters.telegram.inbound import ForBot
 from adapters.telegram.replies import converse
+from bot.api import CoreAPI
 
 log = logging.getLogger(__name__)
 

@@ -1,62 +1,18 @@
-"""What every Telegram handler is given (through the dispatcher's workflow data, not globals).
-
-`CoreAPI` is the part of `bot.core.Core` this front end uses, written down so the adapter
-depends on a contract rather than on the core's module.
-"""
+"""What every Telegram handler is given (through the dispatcher's workflow data, not globals):
+the core, as `bot.api.CoreAPI`, and this front end's shared state, `TelegramContext`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import httpx
 
 from adapters.telegram.pacing import ChatPacer
 from adapters.telegram.stars import StarsPack
-from billing.wallet.base import Entry
-from bot.events import Delivery, Event, Message
-from bot.store.base import Store
 
 PLATFORM = "telegram"
-
-
-class CoreAPI(Protocol):
-    """The conversation core as the Telegram front end sees it."""
-
-    kv: Store
-
-    def handle(
-        self, msg: Message, *, stop: asyncio.Event | None = None
-    ) -> AsyncIterator[Event]: ...
-
-    def press(
-        self,
-        platform: str,
-        user_id: str,
-        chat_id: str,
-        data: str,
-        *,
-        message_id: str,
-        language: str | None = None,
-    ) -> AsyncIterator[Event]: ...
-
-    def set_sink(self, platform: str, sink: Callable[[Delivery], Awaitable[None]]) -> None: ...
-
-    async def credit_payment(
-        self,
-        platform: str,
-        user_id: str,
-        amount_milli: int,
-        *,
-        key: str,
-        reason: str,
-        meta: dict[str, Any] | None = None,
-    ) -> Entry: ...
-
-    async def reverse_payment(self, key: str, *, reason: str) -> Entry: ...
 
 
 @dataclass

@@ -21,11 +21,12 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from adapters.telegram import chat, commands, imagine, payments
-from adapters.telegram.context import PLATFORM, CoreAPI, TelegramContext
+from adapters.telegram.context import PLATFORM, TelegramContext
 from adapters.telegram.middlewares import DedupeMiddleware
 from adapters.telegram.replies import Replier
 from adapters.telegram.stars import parse_packs
 from adapters.telegram.streaming import Target
+from bot.api import CoreAPI
 from bot.events import Delivery, TextDelta
 from bot.settings import Settings
 

@@ -15,10 +15,11 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import PLATFORM, CoreAPI, TelegramContext
+from adapters.telegram.context import PLATFORM, TelegramContext
 from adapters.telegram.inbound import ForBot
 from adapters.telegram.replies import Replier, converse
 from adapters.telegram.streaming import STOP_PREFIX, Target
+from bot.api import CoreAPI
 from bot.events import Event, Notice
 
 _ALERT_KINDS = {"error", "insufficient"}

@@ -23,13 +23,14 @@ from aiogram.filters import Command
 from aiogram.types import LabeledPrice, PreCheckoutQuery
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import PLATFORM, CoreAPI, TelegramContext
+from adapters.telegram.context import PLATFORM, TelegramContext
 from adapters.telegram.inbound import ForBot, command_args, target_of
 from adapters.telegram.replies import converse
 from adapters.telegram.stars import CURRENCY, check_purchase, encode_payload
 from adapters.telegram.streaming import send_text
 from adapters.telegram.texts import tr
 from billing.money import format_credits
+from bot.api import CoreAPI
 
 log = logging.getLogger(__name__)
 

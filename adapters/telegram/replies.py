@@ -16,12 +16,13 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import CoreAPI, StopControl, TelegramContext
+from adapters.telegram.context import StopControl, TelegramContext
 from adapters.telegram.images import ImageFetchError, send_image
 from adapters.telegram.inbound import target_of, to_core
 from adapters.telegram.render import render_parts
 from adapters.telegram.streaming import DraftStream, EditStream, Target, edit_html, send_text
 from adapters.telegram.texts import tr
+from bot.api import CoreAPI
 from bot.events import Event, FinalText, ImageResult, Notice, Progress, TextDelta
 
 log = logging.getLogger(__name__)

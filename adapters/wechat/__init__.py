@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from adapters.wechat.frontend import PassiveTiming, WeChatFrontEnd
+from bot.api import CoreAPI
 from bot.settings import Settings
 
 __all__ = ["PassiveTiming", "WeChatFrontEnd", "install"]
 
 
-def install(core: Any, settings: Settings, app: web.Application) -> WeChatFrontEnd | None:
+def install(core: CoreAPI, settings: Settings, app: web.Application) -> WeChatFrontEnd | None:
     """Serve WECHAT_PATH on `app` for the core; None when WECHAT_TOKEN is not set."""
     if not settings.wechat_token:
         return None

@@ -2,27 +2,30 @@
 
 Text commands stand in for Telegram's buttons: `画 PROMPT` is `/imagine PROMPT`, and
 `U1`-`U4`, `V1`-`V4`, `重绘`/`reroll` act on the user's latest image (remembered in the
-Store), through `Core.press` exactly as a Telegram button would. One user's requests run one
+Store), through `CoreAPI.press` exactly as a Telegram button would. One user's requests run one
 after another, so a new question waits for the previous answer instead of being refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 from weakref import WeakValueDictionary
 
 from adapters.wechat import texts
 from adapters.wechat.api import WeChatApi, WeChatApiError
 from adapters.wechat.delivery import Item, text_item
 from adapters.wechat.split import split_text
+from bot.api import CoreAPI
 from bot.events import Event, FinalText, ImageResult, Message, Notice, Progress, TextDelta
 from bot.store.base import Store
+
+if TYPE_CHECKING:
+    from adapters.wechat.pay import TopUps
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,13 @@ class Conversation:
     """Runs a user's message through the core and renders what it yields."""
 
     def __init__(
-        self, core: Any, kv: Store, api: WeChatApi, *, text_limit: int, topups: Any = None
+        self,
+        core: CoreAPI,
+        kv: Store,
+        api: WeChatApi,
+        *,
+        text_limit: int,
+        topups: TopUps | None = None,
     ) -> None:
         self.core = core
         self.kv = kv
@@ -98,7 +107,7 @@ class Conversation:
             if token is not None:
                 events = await self._press(msg, token, out)
             else:
-                events = await _iterate(self.core.handle(msg))
+                events = self.core.handle(msg)
             if events is None:
                 return
             first = True
@@ -132,15 +141,13 @@ class Conversation:
             return None
         for label, data in json.loads(raw):
             if _matches(token, label, data):
-                return await _iterate(
-                    self.core.press(
-                        PLATFORM,
-                        msg.user_id,
-                        msg.chat_id,
-                        data,
-                        message_id=msg.message_id,
-                        language=msg.language,
-                    )
+                return self.core.press(
+                    PLATFORM,
+                    msg.user_id,
+                    msg.chat_id,
+                    data,
+                    message_id=msg.message_id,
+                    language=msg.language,
                 )
         await out([text_item(texts.no_such_action(token))])
         return None
@@ -181,10 +188,3 @@ class Conversation:
         if caption:
             items += [text_item(p) for p in split_text(caption, self.text_limit)]
         return items
-
-
-async def _iterate(result: Any) -> AsyncIterator[Event]:
-    """Core.handle/press return an async iterator (or, if written as coroutines, one to await)."""
-    if inspect.isawaitable(result):
-        result = await result
-    return result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from adapters.wechat.kvlock import KvLocks
 from adapters.wechat.pay import TopUps
 from adapters.wechat.split import MAX_TEXT_BYTES
 from adapters.wechatpay import APP_KEY as WECHATPAY_KEY
+from bot.api import CoreAPI
 from bot.events import Delivery, Message, Progress
 from bot.payments import WeChatPay
 from bot.settings import Settings
@@ -65,7 +67,7 @@ class WeChatFrontEnd:
 
     def __init__(
         self,
-        core: Any,
+        core: CoreAPI,
         settings: Settings,
         *,
         kv: Store | None = None,
@@ -148,7 +150,7 @@ class WeChatFrontEnd:
         if self._own_kv is not None:
             await self._own_kv.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -33,13 +33,9 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
-
-try:
-    from redis.connection import HiredisRespSerializer
-    from redis.utils import HIREDIS_AVAILABLE
-except ImportError:  # another redis-py: its own packing
-    HIREDIS_AVAILABLE = False
+from redis.utils import HIREDIS_AVAILABLE
 
 from billing.wallet.base import (
     CAPTURE,

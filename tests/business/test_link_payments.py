@@ -574,7 +574,7 @@ async def test_a_reversal_retried_after_a_link_takes_the_payment_from_where_it_m
     """A payment's reversal fails before taking anything (pinned to the payer's account),
     then the payer /link-s and the money moves: the retry takes it back from the linked
     wallet, once, instead of being refused forever."""
-    from bot.core import Core
+    from bot.assemble import assemble
     from bot.settings import Settings
 
     state = {"down": True}
@@ -588,7 +588,7 @@ async def test_a_reversal_retried_after_a_link_takes_the_payment_from_where_it_m
         _env_file=None, wallet_url=bank.url, openai_api_key="sk-test", mj_base_url=""
     )
     wallet = Actor(before=first_try_fails).wrap(bank.wallet)
-    core = await Core.create(settings, wallet=wallet, store=bank.store, openai=object())
+    core = await assemble(settings, wallet=wallet, store=bank.store, openai=object())
     try:
         paid = await core.credit_payment("wechat", "rv", PAYMENT, key="stars:rv", reason="p")
         with pytest.raises(ConnectionError):

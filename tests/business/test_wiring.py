@@ -8,8 +8,8 @@ import httpx
 
 from adapters import wechatpay as adapter
 from adapters.http import build_app, install_front_ends
+from bot.assemble import assemble
 from bot.codes import create_codes
-from bot.core import Core
 from bot.events import Delivery, FinalText, Message, Notice
 from bot.settings import Settings
 from tests.business import fake_wechatpay as fake
@@ -31,7 +31,7 @@ async def test_topup_code_and_wechat_pay_through_the_running_bot(
             wechatpay_notify_url="https://bot.example.com/wechatpay/notify",
             wechatpay_api_base=api_base,
         )
-        core = await Core.create(settings)
+        core = await assemble(settings)
         delivered: list[Delivery] = []
 
         async def sink(d: Delivery) -> None:

@@ -11,6 +11,7 @@ import pytest
 from billing.pricing import PriceList
 from billing.tokens import count_messages
 from billing.wallet.base import CAPTURE, CREDIT, Entry
+from bot.assemble import assemble
 from bot.core import Core
 from bot.events import Event, Message
 from bot.providers.midjourney import MidjourneyClient
@@ -69,7 +70,7 @@ async def make_core(sim: Simulator) -> AsyncIterator[MakeCore]:
             upstream.openai_url, "sk-test", max_retries=1, backoff_base=0.01, backoff_max=0.02
         )
         mj = MidjourneyClient(upstream.url, "")
-        core = await Core.create(settings, openai=openai, mj=mj)
+        core = await assemble(settings, openai=openai, mj=mj)
         await core.start()
         made.append((core, [openai, mj]))
         return core

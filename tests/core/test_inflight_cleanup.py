@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bot import limits
+from bot.assemble import assemble
 from bot.core import Core
 from bot.events import FinalText, Notice, TextDelta
 from bot.providers.midjourney import MidjourneyClient
@@ -101,7 +102,7 @@ async def make_unlucky(sim: Simulator, store_url: str) -> AsyncIterator[MakeUnlu
         openai = OpenAIClient(sim.openai_url, "sk-test", max_retries=1, backoff_base=0.01)
         mj = MidjourneyClient(sim.url, "")
         settings = make_settings(store_url, sim, **overrides)
-        core = await Core.create(settings, store=store, openai=openai, mj=mj)
+        core = await assemble(settings, store=store, openai=openai, mj=mj)
         made.append((core, store, [openai, mj]))
         await fund(core, "telegram:u1", 100)
         return core, store

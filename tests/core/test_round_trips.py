@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot.assemble import assemble
 from bot.core import Core
 from bot.events import FinalText, Notice, TextDelta
 from bot.providers.midjourney import MidjourneyClient
@@ -65,7 +66,7 @@ async def counted(
     store = Counting(await open_store(sqlite_url))
     openai = OpenAIClient(sim.openai_url, "sk-test", max_retries=1, backoff_base=0.01)
     mj = MidjourneyClient(sim.url, "")
-    core = await Core.create(
+    core = await assemble(
         make_settings(sqlite_url, sim, **overrides), store=store, openai=openai, mj=mj
     )
     yield core, store

@@ -161,7 +161,7 @@ async def simulator():  # type: ignore[no-untyped-def]
 @pytest.fixture
 async def real(fake_api: FakeBotAPI, simulator: Any, sqlite_url: str):  # type: ignore[no-untyped-def]
     """The real core on a SQLite wallet and the simulated upstream, with its front end."""
-    from bot.core import Core
+    from bot.assemble import assemble
 
     settings = make_settings(
         fake_api,
@@ -170,7 +170,7 @@ async def real(fake_api: FakeBotAPI, simulator: Any, sqlite_url: str):  # type: 
         openai_api_key="sk-test",
         mj_base_url=simulator.url,
     )
-    core = await Core.create(settings)
+    core = await assemble(settings)
     await core.start()
     fe = make_frontend(core, settings)
     yield fe

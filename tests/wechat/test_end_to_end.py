@@ -11,6 +11,7 @@ import pytest
 
 from billing.tokens import encoding_for
 from billing.wallet.base import CAPTURE, CREDIT, Entry
+from bot.assemble import assemble
 from bot.core import Core
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
@@ -52,7 +53,7 @@ async def make_core(sim: Simulator, sqlite_url: str) -> AsyncIterator[MakeCore]:
         )
         openai = OpenAIClient(sim.openai_url, "sk-test", max_retries=1)
         mj = MidjourneyClient(sim.url, "")
-        core = await Core.create(settings, openai=openai, mj=mj)
+        core = await assemble(settings, openai=openai, mj=mj)
         await core.start()
         encoding_for(settings.default_model)  # load the tokenizer before the clock matters
         made.append((core, [openai, mj]))

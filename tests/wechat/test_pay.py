@@ -18,6 +18,7 @@ from aiohttp import web
 from adapters.http import build_app, install_front_ends
 from adapters.wechat import WeChatFrontEnd
 from adapters.wechat.pay import pay_amount
+from bot.assemble import assemble
 from bot.core import Core
 from tests.business import fake_wechatpay as fakepay
 from tests.business.test_payments import served
@@ -89,7 +90,7 @@ async def pay_bot(
                 sweep_interval_seconds=3600,
                 **pay,
             )
-            core = await Core.create(settings)
+            core = await assemble(settings)
             app = build_app(core)
             fronts = install_front_ends(core, settings, app)
             [front] = [f for f in fronts if isinstance(f, WeChatFrontEnd)]
