@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from billing.money import format_credits
+from billing.money import fen_to_milli, format_credits, format_fen, topup_fen
 from bot.events import Delivery, Notice
-from bot.payments import Order, PayConfig, WeChatPay, format_fen, parse_fen, qr_png
+from bot.payments import Order, PayConfig, WeChatPay, qr_png
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,12 @@ async def start_topup(
 
     With `openid` (the user is inside WeChat, on the merchant's app id) the order is JSAPI
     and the offer is a link to the pay page (beside WECHATPAY_NOTIFY_URL); otherwise it is a
-    Native order and the offer is a QR code PNG. Raises ValueError for a bad amount,
+    Native order and the offer is a QR code PNG. Raises ValueError for a bad amount (below
+    1 CNY or above 5,000: billing.money.topup_fen),
     PaymentError when WeChat Pay refuses.
     """
-    fen = parse_fen(amount)
-    credits = format_credits(fen * 100_000)
+    fen = topup_fen(amount)
+    credits = format_credits(fen_to_milli(fen))
     cny = format_fen(fen)
     if openid:
         order = await pay.create_order(

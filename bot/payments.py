@@ -70,11 +70,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from defusedxml.ElementTree import fromstring as parse_xml
 
+from billing.money import fen_to_milli, format_credits, format_fen
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
 
-MILLI_PER_FEN = 100 * 1000  # 1 fen = 100 credits
 V3_MAX_SKEW_SECONDS = 300
 # A Wechatpay-Timestamp: ASCII digits only (str.isdigit takes "²", which int() refuses), and
 # short enough for int() (which refuses more than 4,300 digits).
@@ -165,7 +165,7 @@ class Order:
 
     @property
     def amount_milli(self) -> int:
-        return self.fen * MILLI_PER_FEN
+        return fen_to_milli(self.fen)
 
     @property
     def key(self) -> str:
@@ -404,31 +404,6 @@ def qr_png(text: str) -> bytes:
     out = io.BytesIO()
     img.save(out)
     return out.getvalue()
-
-
-MIN_FEN = 1
-MAX_FEN = 500_000  # 5,000 CNY per order
-
-
-def parse_fen(text: str) -> int:
-    """A CNY amount as people type it ("10", "9.9", "¥0.5") to fen, exactly; ValueError else."""
-    cleaned = text.strip().lstrip("¥￥").removesuffix("元").removesuffix("CNY").strip()
-    whole, _, frac = cleaned.partition(".")
-    if (
-        not whole.isascii()
-        or not whole.isdigit()
-        or (frac and (not frac.isascii() or not frac.isdigit() or len(frac) > 2))
-    ):
-        raise ValueError(f"not an amount in CNY (up to 2 decimals): {text!r}")
-    fen = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
-    if not MIN_FEN <= fen <= MAX_FEN:
-        raise ValueError(f"the amount must be between 0.01 and {MAX_FEN // 100} CNY")
-    return fen
-
-
-def format_fen(fen: int) -> str:
-    """990 -> "9.90"."""
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 _PAGE = """<!doctype html>
@@ -791,7 +766,7 @@ class WeChatPay:
         data = json.dumps(params).replace("<", "\\u003c")  # nothing can close the script
         return _PAGE.format(
             cny=format_fen(order.fen),
-            credits=order.fen * 100,
+            credits=format_credits(order.amount_milli),
             state=html.escape(state),
             button=button,
             params=data,

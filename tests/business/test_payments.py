@@ -23,9 +23,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters import wechatpay as adapter
+from billing.money import parse_fen
 from bot.accounts import Accounts
 from bot.events import Delivery, Notice
-from bot.payments import WeChatPay, parse_fen, qr_png, sign_v2, verify_v3
+from bot.payments import WeChatPay, qr_png, sign_v2, verify_v3
 from bot.settings import Settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank
