@@ -10,7 +10,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 
@@ -18,6 +18,7 @@ from adapters.telegram.pacing import ChatPacer
 from adapters.telegram.stars import StarsPack
 from billing.wallet.base import Entry
 from bot.events import Delivery, Event, Message
+from bot.scheduler import Scheduler
 from bot.store.base import Store
 
 PLATFORM = "telegram"
@@ -27,6 +28,7 @@ class CoreAPI(Protocol):
     """The conversation core as the Telegram front end sees it."""
 
     kv: Store
+    scheduler: Scheduler
 
     def handle(
         self, msg: Message, *, stop: asyncio.Event | None = None
@@ -45,18 +47,13 @@ class CoreAPI(Protocol):
 
     def set_sink(self, platform: str, sink: Callable[[Delivery], Awaitable[None]]) -> None: ...
 
-    async def credit_payment(
-        self,
-        platform: str,
-        user_id: str,
-        amount_milli: int,
-        *,
-        key: str,
-        reason: str,
-        meta: dict[str, Any] | None = None,
-    ) -> Entry: ...
+    async def stars_paid(
+        self, user_id: str, charge_id: str, credits_milli: int, stars: int, *, receipt_ttl: float
+    ) -> bool: ...
 
-    async def reverse_payment(self, key: str, *, reason: str) -> Entry: ...
+    async def retry_stars(self) -> int: ...
+
+    async def reverse_stars(self, charge_id: str, *, reason: str) -> Entry: ...
 
 
 @dataclass

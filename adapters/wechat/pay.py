@@ -26,9 +26,10 @@ from adapters.wechat import texts
 from adapters.wechat.api import WeChatApi, WeChatApiError
 from adapters.wechat.conversation import PLATFORM
 from adapters.wechat.delivery import Item, text_item
-from adapters.wechatpay import start_topup
+from adapters.wechat.wechatpay import start_topup
 from billing.money import MAX_TOPUP_FEN, MIN_TOPUP_FEN, format_credits, format_fen, topup_fen
-from bot.payments import PaymentError, WeChatPay
+from bot.payments.wechatpay import WeChatPay
+from bot.providers.wechatpay import PaymentError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from adapters import wechatpay as adapter
 from adapters.http import build_app, install_front_ends
+from adapters.wechat import wechatpay as adapter
 from bot.codes import create_codes
 from bot.core import Core
 from bot.events import Delivery, FinalText, Message, Notice

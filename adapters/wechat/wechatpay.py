@@ -1,75 +1,58 @@
-"""The WeChat Pay notification endpoint on the bot's aiohttp app.
+"""WeChat Pay on the bot's aiohttp app: the notification endpoint, the pay page, top-up offers.
 
 `install(core, settings, app)` adds `POST settings.wechatpay_notify_path` and returns a front
-end whose `start()` runs the sweeper: every minute it reconciles open orders with WeChat Pay
-(`WeChatPay.reconcile`: a paid order whose notification was lost is credited, an unpaid one is
-closed at its deadline and expired once WeChat Pay's answer names it closed). Cancelling the
-sweeper mid-pass is safe: every step is idempotent and the next pass resumes. The order logic
-and the signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
-SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
+end whose `start()` adds reconciliation to the core's scheduler: every minute it reconciles
+open orders with WeChat Pay (`WeChatPay.reconcile`: a paid order whose notification was lost is
+credited, an unpaid one is closed at its deadline and expired once WeChat Pay's answer names it
+closed). Stopping it mid-pass is safe: every step is idempotent and the next pass resumes. The
+orders live in `bot/payments/wechatpay.py` (on the payment inbox) and the protocol in
+`bot/providers/wechatpay/`; this module only speaks HTTP: v2 answers XML SUCCESS/FAIL, v3
+answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
 
 The `WeChatPay` service is also put at `app[APP_KEY]`; a front end offers a top-up with
 `start_topup(pay, platform, user_id, "10", openid=...)`: a Native order's QR code PNG to send
 as an image, or (inside WeChat, with the user's openid) a link to the JSAPI pay page this
-module serves at `/wechatpay/pay/<out_trade_no>` (next to the notify path).
+module serves at `/wechatpay/pay/<out_trade_no>` (next to the notify path; `pay_page`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from adapters.wechat.pay_page import jsapi_page, qr_png
 from billing.money import fen_to_milli, format_credits, format_fen, topup_fen
 from bot.events import Delivery, Notice
-from bot.payments import Order, PayConfig, WeChatPay, qr_png
+from bot.payments.wechatpay import RECONCILE_JOB, RECONCILE_SECONDS, Order, WeChatPay
+from bot.providers.wechatpay import PayConfig
+from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 APP_KEY = web.AppKey("wechatpay", WeChatPay)
 MAX_BODY = 64 * 1024
-SWEEP_SECONDS = 60
 
 
 class WeChatPayFrontEnd:
-    """Holds the service; start/stop run the reconciliation sweeper."""
+    """Holds the service; start/stop add and cancel its reconciliation on the scheduler."""
 
-    def __init__(self, pay: WeChatPay, sweep_seconds: float = SWEEP_SECONDS) -> None:
+    def __init__(
+        self, pay: WeChatPay, scheduler: Scheduler, sweep_seconds: float = RECONCILE_SECONDS
+    ) -> None:
         self.pay = pay
+        self.scheduler = scheduler
         self.sweep_seconds = sweep_seconds
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep(), name="wechatpay-reconcile")
+        self.scheduler.every(RECONCILE_JOB, self.sweep_seconds, self.pay.reconcile, at_start=True)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.scheduler.cancel(RECONCILE_JOB)
         await self.pay.close()
-
-    async def _sweep(self) -> None:
-        while True:
-            try:
-                sweep = await self.pay.reconcile()
-                if sweep.credited or sweep.expired or sweep.failed:
-                    log.info(
-                        "wechatpay orders reconciled",
-                        extra={
-                            "credited": sweep.credited,
-                            "expired": sweep.expired,
-                            "failed": sweep.failed,
-                        },
-                    )
-            except Exception:
-                log.exception("wechatpay reconciliation sweep failed")
-            await asyncio.sleep(self.sweep_seconds)
 
 
 def notify_handler(pay: WeChatPay) -> Any:
@@ -160,7 +143,7 @@ def page_handler(pay: WeChatPay) -> Any:
         if order is None or order.trade_type != "JSAPI":
             return web.Response(status=404, text="no such order / 订单不存在")
         return web.Response(
-            text=pay.jsapi_page(order),
+            text=jsapi_page(pay, order),
             content_type="text/html",
             headers={"Cache-Control": "no-store"},
         )
@@ -168,17 +151,14 @@ def page_handler(pay: WeChatPay) -> Any:
     return handle
 
 
-def _tell_user(core: Any) -> Any:
+def _tell_user(core: Any) -> Callable[[Order], Awaitable[None]]:
     """Tell the payer their credits arrived, through the core's sink for their platform."""
-    deliver = getattr(core, "deliver", None) or getattr(core, "_deliver", None)
-    if deliver is None:
-        return None
 
     async def on_paid(order: Order) -> None:
         credits = format_credits(order.amount_milli)
         text = f"Payment received: +{credits} credits.\n支付成功：+{credits} 积分。"
         chat = order.extra.get("chat_id") or order.user_id
-        await deliver(Delivery(order.platform, order.user_id, str(chat), Notice(text)))
+        await core.deliver(Delivery(order.platform, order.user_id, str(chat), Notice(text)))
 
     return on_paid
 
@@ -186,7 +166,8 @@ def _tell_user(core: Any) -> Any:
 def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd | None:
     """Mount the notify endpoint when WeChat Pay is configured; None otherwise.
 
-    `core` is the Core (or anything with `.kv` and `.credit_payment`).
+    `core` is the Core (or anything with `.kv`, `.credit_payment`, `.deliver` and
+    `.scheduler`).
     """
     config = PayConfig.from_settings(settings)
     if not config.configured:
@@ -195,4 +176,4 @@ def install(core: Any, settings: Any, app: web.Application) -> WeChatPayFrontEnd
     app[APP_KEY] = pay
     app.router.add_post(settings.wechatpay_notify_path, notify_handler(pay))
     app.router.add_get(page_path(settings.wechatpay_notify_path) + "/{order}", page_handler(pay))
-    return WeChatPayFrontEnd(pay)
+    return WeChatPayFrontEnd(pay, core.scheduler)
