@@ -352,6 +352,7 @@ class Core:
         )
 
     async def _credit(self, *args: Any, **kwargs: Any) -> Entry:
+        """The inbox's way to `credit_payment`, looked up at each call (see __init__)."""
         return await self.credit_payment(*args, **kwargs)
 
     async def reverse_payment(self, key: str, *, reason: str) -> Entry:
@@ -363,7 +364,7 @@ class Core:
         return await self.inbox.reverse(key, reason=reason)
 
     async def stars_paid(
-        self, user_id: str, charge_id: str, credits_milli: int, stars: int, *, receipt_ttl: float
+        self, charge_id: str, user_id: str, credits_milli: int, stars: int, *, receipt_ttl: float
     ) -> bool:
         """A Telegram Stars payment arrived: credit it once (see bot/payments/stars.py); True
         if the payer's receipt is still to be sent (once per charge within `receipt_ttl`)."""

@@ -107,7 +107,7 @@ async def on_paid(message: TgMessage, bot: Bot, core: CoreAPI, tg: TelegramConte
     # A redelivered payment is credited once by its key; the receipt goes out once too.
     pack = purchase.pack
     if await core.stars_paid(
-        str(user.id), charge, pack.credits_milli, pack.stars, receipt_ttl=tg.dedupe_ttl
+        charge, str(user.id), pack.credits_milli, pack.stars, receipt_ttl=tg.dedupe_ttl
     ):
         credits = format_credits(pack.credits_milli)
         await send_text(bot, tg, target, tr("payment_ok", language, credits=credits))
