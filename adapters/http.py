@@ -26,7 +26,7 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechatpay")
+FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechat.wechatpay")
 CORE_KEY = web.AppKey("core", CoreAPI)
 
 

@@ -30,6 +30,7 @@ from billing.money import MILLI_PER_CREDIT
 from bot import runtime  # the product's event loop (uvloop where installed)
 from bot.assemble import assemble
 from bot.events import FinalText, Message, TextDelta
+from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.simulator import start_simulator
 from tests import services
@@ -53,15 +54,13 @@ class _MemoryStore:
         self.data[key] = value
         return True
 
-    async def smembers(self, name: str) -> set[str]:
-        return set()  # no pending Stars payments to retry in the bench
-
 
 class _ScriptedCore:
     """The front end's side only: a reply streamed in 10 deltas, no store, no wallet."""
 
     def __init__(self) -> None:
         self.kv = _MemoryStore()
+        self.scheduler = Scheduler()  # never started: no periodic jobs in the bench
 
     async def handle(self, msg: Message, *, stop: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
         step = len(REPLY) // 10
@@ -71,6 +70,9 @@ class _ScriptedCore:
 
     def set_sink(self, platform: str, sink: object) -> None:
         pass
+
+    async def retry_stars(self) -> int:
+        return 0  # no Stars payments in the bench
 
     async def close(self) -> None:
         pass

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from billing.wallet.base import Entry, Wallet
 from bot.events import Delivery, Event, Message
+from bot.scheduler import Scheduler
 from bot.store.base import Store
 
 Sink = Callable[[Delivery], Awaitable[None]]
@@ -26,6 +27,12 @@ class CoreAPI(Protocol):
     @property
     def kv(self) -> Store:
         """The key-value store, for adapters' own non-money state (dedupe, outboxes...)."""
+        ...
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The one scheduler of periodic jobs, where a front end adds its own (Stars retry,
+        WeChat Pay reconciliation)."""
         ...
 
     @property
@@ -96,4 +103,19 @@ class CoreAPI(Protocol):
 
     async def reverse_payment(self, key: str, *, reason: str) -> Entry:
         """Take a refunded payment's credits back (as much as is still available)."""
+        ...
+
+    async def stars_paid(
+        self, charge_id: str, user_id: str, credits_milli: int, stars: int, *, receipt_ttl: float
+    ) -> bool:
+        """A Telegram Stars payment arrived: credit it once; True if the receipt is still to
+        be sent."""
+        ...
+
+    async def retry_stars(self) -> int:
+        """Credit the Stars payments whose crediting failed earlier; returns how many."""
+        ...
+
+    async def reverse_stars(self, charge_id: str, *, reason: str) -> Entry:
+        """A refunded Stars charge: take its credits back."""
         ...

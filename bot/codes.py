@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from billing.money import fen_to_milli, parse_fen
 from billing.wallet.base import Wallet
 from bot.accounts import Accounts
 from bot.store.base import Store
@@ -125,15 +126,8 @@ def code_id(hash_hex: str) -> str:
 
 
 def parse_cny(text: str) -> int:
-    """CNY with up to two decimals, exactly, to millicredits (1 fen = 100 credits)."""
-    text = text.strip()
-    whole, _, frac = text.partition(".")
-    if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
-        raise ValueError(f"not an amount in CNY (up to 2 decimals): {text!r}")
-    fen = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
-    if fen <= 0:
-        raise ValueError("the amount must be positive")
-    return fen * 100 * 1000
+    """A code's value typed in CNY (up to two decimals, no upper limit) to millicredits."""
+    return fen_to_milli(parse_fen(text, most=None))
 
 
 # --- storage ---------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 (`handle`) and button presses (`press`), renders the events they yield, and registers a sink
 per platform for events that arrive later on their own (an image finishing after a restart).
 Adapters see it as `bot.api.CoreAPI`. Payments from a platform (Telegram Stars, WeChat Pay)
-come in through `credit_payment`. Nothing here knows a platform's wire format; nothing below
-it (billing) knows about chats.
+come in through the payment inbox (bot/payments), which credits through `credit_payment`; every
+periodic job runs on `scheduler`. Nothing here knows a platform's wire format; nothing below it
+(billing) knows about chats.
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from billing.tokens import get_encoding
-from billing.wallet.base import (
-    CREDIT,
-    DEBIT,
-    Entry,
-    IdempotencyConflict,
-    InsufficientCredits,
-)
-from bot.accounts import MAX_HOPS, account_for, ident_key, identity, remember_name
+from billing.wallet.base import CREDIT, Entry, IdempotencyConflict
+from bot.accounts import account_for, ident_key, identity, remember_name
 from bot.api import Sink
 from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
@@ -34,9 +29,11 @@ from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
 from bot.limits import new_token, undo_uncertain
 from bot.metrics import count_request
+from bot.payments.inbox import PaymentInbox
+from bot.payments.stars import StarsPayments
 from bot.runtime import freeze_startup_heap
+from bot.scheduler import SWEEPER_JOB, Scheduler, Sweeper
 from bot.store.base import Op, Store, batch
-from bot.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +55,17 @@ class Core:
         self.commands = Commands(services, self.images)
         self.sweeper = Sweeper(
             services.wallet,
-            services.settings.sweep_interval_seconds,
             # Credits held on an account when it was linked away follow once released.
             [self.images.resume, services.accounts.settle_listed],
         )
+        # Every periodic job runs here: the sweeper, and the payment providers' retries that
+        # their front ends add (Stars retry, WeChat Pay reconciliation).
+        self.scheduler = Scheduler()
+        self.scheduler.every(SWEEPER_JOB, self.settings.sweep_interval_seconds, self.sweeper.tick)
+        # Payments credit through `credit_payment` looked up at each call, so whatever wraps it
+        # on this core sees every payment.
+        self.inbox = PaymentInbox(services.store, self._credit, accounts=services.accounts)
+        self.stars = StarsPayments(self.inbox)
         self._started = False
         self._names: dict[str, str] = {}  # display names already recorded by this process
 
@@ -73,7 +77,7 @@ class Core:
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the sweeper and resume every unsettled Midjourney task; load the tokenizers
+        """Start the scheduler and resume every unsettled Midjourney task; load the tokenizers
         of the priced models now rather than on a user's first message, then take what
         start-up made out of the garbage collector's reach (runtime.freeze_startup_heap)."""
         if self._started:
@@ -82,7 +86,7 @@ class Core:
         resumed = await self.images.resume()
         if resumed:
             log.info("resumed %d Midjourney task(s)", resumed)
-        self.sweeper.start()
+        self.scheduler.start()
         encodings = sorted({m.encoding for m in self.prices.chat_models() if m.encoding})
         for name in encodings:
             await asyncio.to_thread(get_encoding, name)
@@ -90,7 +94,7 @@ class Core:
 
     async def close(self) -> None:
         """Stop background work and close what assemble() opened (unsettled tasks stay open)."""
-        await self.sweeper.stop()
+        await self.scheduler.stop()
         await self.images.close()
         for task in list(self._flushes):
             task.cancel()
@@ -276,27 +280,9 @@ class Core:
             platform, user_id, amount_milli, key=key, reason=reason, meta=meta
         )
 
-    async def _payment_entry(self, key: str) -> Entry | None:
-        """The ledger entry that credited payment `key` (by its record, else by its wallet key)."""
-        entry_id = await self.kv.get(f"pay:{key}")
-        if entry_id:
-            entry = await self.wallet.get_entry(entry_id)
-            if entry is not None:
-                return entry
-        account = await self.kv.get(f"payacct:{key}")
-        if account is None:
-            return None
-        before = None
-        for _ in range(50):  # the payment's account's ledger, newest first
-            page = await self.wallet.entries(account, limit=200, before=before)
-            for entry in page:
-                if entry.key == key and entry.kind == CREDIT:
-                    await self.kv.set(f"pay:{key}", entry.id)
-                    return entry
-            if len(page) < 200:
-                return None
-            before = page[-1].created_at
-        return None
+    async def _credit(self, *args: Any, **kwargs: Any) -> Entry:
+        """The inbox's way to `credit_payment`, looked up at each call (see __init__)."""
+        return await self.credit_payment(*args, **kwargs)
 
     async def reverse_payment(self, key: str, *, reason: str) -> Entry:
         """Take a refunded payment's credits back (as much as is still available).
@@ -304,49 +290,24 @@ class Core:
         Raises LookupError for an unknown payment key, InsufficientCredits when nothing is
         left to take back. The same key again returns the first reversal.
         """
-        entry = await self._payment_entry(key)
-        if entry is None:
-            raise LookupError(f"no payment credited with key {key!r}")
-        # The credits follow a /link (Accounts.settle): take them back from the wallet the
-        # payer uses now, the first try's (pinned: a retry after another /link takes no more).
-        accounts = self.services.accounts
-        pin = f"reverseacct:{key}"
-        now_at = await accounts.moved_to(entry.account) or entry.account
-        account = await accounts.pinned(pin, now_at)
-        for hop in range(MAX_HOPS):
-            try:
-                return await self._reverse_from(account, entry, key, reason)
-            except InsufficientCredits:
-                # Pinned by a try that took nothing (a replay of a debit that happened is
-                # never refused), and the user /link-ed since: the money moved on, so the
-                # reversal follows it. Re-pinned atomically, so racing retries agree.
-                moved = await accounts.moved_to(account)
-                if moved is None or hop == MAX_HOPS - 1:
-                    raise
-                if await self.kv.delete_if(pin, account):
-                    await self.kv.add(pin, moved)
-                account = await accounts.pinned(pin, moved)
-        raise AssertionError("unreachable")  # the last hop returned or raised
+        return await self.inbox.reverse(key, reason=reason)
 
-    async def _reverse_from(self, account: str, entry: Entry, key: str, reason: str) -> Entry:
-        """One try of `reverse_payment` on `account` (as much as is available there)."""
-        balance = await self.wallet.balance(account)
-        # Nothing available: ask for the whole payment anyway, so that a first reversal is
-        # refused with InsufficientCredits.
-        amount = min(entry.amount, balance.available)
-        if amount <= 0:
-            amount = entry.amount
-        try:
-            return await self.wallet.debit(
-                account, amount, f"reverse:{key}", reason, ref=entry.id, meta={"payment": key}
-            )
-        except IdempotencyConflict as exc:
-            # A repeated reversal (an operator retrying a refund) after the balance changed
-            # asks for another amount under the same key: the first reversal stands.
-            first = exc.first
-            if isinstance(first, Entry) and first.kind == DEBIT:
-                return first
-            raise
+    async def stars_paid(
+        self, charge_id: str, user_id: str, credits_milli: int, stars: int, *, receipt_ttl: float
+    ) -> bool:
+        """A Telegram Stars payment arrived: credit it once (see bot/payments/stars.py); True
+        if the payer's receipt is still to be sent (once per charge within `receipt_ttl`)."""
+        return await self.stars.paid(
+            charge_id, user_id, credits_milli, stars, receipt_ttl=receipt_ttl
+        )
+
+    async def retry_stars(self) -> int:
+        """Credit the Stars payments whose crediting failed earlier; returns how many."""
+        return await self.stars.retry_pending()
+
+    async def reverse_stars(self, charge_id: str, *, reason: str) -> Entry:
+        """A refunded Stars charge: take its credits back (see `reverse_payment`)."""
+        return await self.stars.reverse(charge_id, reason=reason)
 
     async def grant_trial(self, platform: str, user_id: str, amount_milli: int) -> bool:
         """Free credits once per platform user; True if granted by this call."""

@@ -28,11 +28,10 @@ from adapters.telegram.stars import parse_packs
 from adapters.telegram.streaming import Target
 from bot.api import CoreAPI
 from bot.events import Delivery, TextDelta
+from bot.payments.stars import PENDING_RETRY_SECONDS, RETRY_JOB
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PENDING_RETRY_SECONDS = 60.0  # how often Stars payments whose crediting failed are retried
 
 
 def admin_ids(settings: Settings) -> frozenset[str]:
@@ -91,7 +90,7 @@ class TelegramFrontEnd:
         self.webhook = bool(settings.telegram_webhook_url)
         self._polling: asyncio.Task[None] | None = None
         self._menu: asyncio.Task[None] | None = None
-        self._payments: asyncio.Task[None] | None = None
+        # How often the core's scheduler retries Stars payments whose crediting failed.
         self.pending_retry_seconds = PENDING_RETRY_SECONDS
         self._handler: SimpleRequestHandler | None = None
         if self.webhook:
@@ -111,11 +110,14 @@ class TelegramFrontEnd:
             self._handler.register(app, path=settings.telegram_webhook_path)
 
     async def start(self) -> None:
-        """Register the menu and the sink, then set the webhook or start polling."""
+        """Register the menu, the sink and the Stars retry, then set the webhook or start
+        polling. The retry (on the core's scheduler) runs now, then every little while."""
         self.core.set_sink(PLATFORM, self.deliver)
         # in the background: an unreachable Telegram must not hold up the other front ends
         self._menu = asyncio.create_task(commands.register_menu(self.bot), name="telegram-menu")
-        self._payments = asyncio.create_task(self._retry_payments(), name="telegram-stars-retry")
+        self.core.scheduler.every(
+            RETRY_JOB, self.pending_retry_seconds, self.core.retry_stars, at_start=True
+        )
         allowed = self.dp.resolve_used_update_types()
         if self.webhook:
             try:
@@ -147,11 +149,11 @@ class TelegramFrontEnd:
 
     async def stop(self) -> None:
         """Stop taking updates, let running handlers finish, release connections."""
-        for task in (self._menu, self._payments):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.core.scheduler.cancel(RETRY_JOB)
+        if self._menu is not None and not self._menu.done():
+            self._menu.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._menu
         if self._polling is not None:
             with contextlib.suppress(RuntimeError):
                 await self.dp.stop_polling()
@@ -160,15 +162,6 @@ class TelegramFrontEnd:
             self._polling = None
         await self.bot.session.close()
         await self.tg.http.aclose()
-
-    async def _retry_payments(self) -> None:
-        """Credit paid Stars whose crediting failed: at start, then every little while."""
-        while True:
-            try:
-                await payments.retry_pending(self.core)
-            except Exception:
-                log.exception("retrying pending Stars payments failed")
-            await asyncio.sleep(self.pending_retry_seconds)
 
     async def deliver(self, delivery: Delivery) -> None:
         """An event for a chat outside any handler (an image finished after a restart)."""

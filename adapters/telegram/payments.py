@@ -1,12 +1,10 @@
 """Telegram Stars top-ups: invoices, the pre-checkout check, crediting, and the admin refund.
 
-Credit moves only on `successful_payment`, through the core, keyed by Telegram's charge id
-("tgstars:<charge_id>"), so a payment delivered twice is credited once. Telegram delivers a
-payment once: before crediting, it is written down as pending (`tgstars:pending:<charge_id>`,
-listed in `tgstars:pending`) and struck off only once credited, so a payment whose crediting
-failed (a store or database error) is credited by `retry_pending`, which the front end runs at
-start and periodically. `/refundstars` takes the credits back first and refunds the Stars only
-after that succeeded, so a failure never leaves the Stars refunded and the credits kept.
+Credit moves only on `successful_payment`, through the core (`stars_paid`: the payment inbox,
+bot/payments/stars.py), keyed by Telegram's charge id, so a payment delivered twice is credited
+once and a payment whose crediting failed is credited later by the core's Stars retry.
+`/refundstars` takes the credits back first (`reverse_stars`) and refunds the Stars only after
+that succeeded, so a failure never leaves the Stars refunded and the credits kept.
 The pre-checkout query is answered at once (Telegram allows 10 s) after checking the
 payload, currency and amount.
 `/topup CODE` is not ours: it goes to the core like any command.
@@ -14,7 +12,6 @@ payload, currency and amount.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiogram import Bot, F, Router
@@ -23,7 +20,7 @@ from aiogram.filters import Command
 from aiogram.types import LabeledPrice, PreCheckoutQuery
 from aiogram.types import Message as TgMessage
 
-from adapters.telegram.context import PLATFORM, TelegramContext
+from adapters.telegram.context import TelegramContext
 from adapters.telegram.inbound import ForBot, command_args, target_of
 from adapters.telegram.replies import converse
 from adapters.telegram.stars import CURRENCY, check_purchase, encode_payload
@@ -33,62 +30,6 @@ from billing.money import format_credits
 from bot.api import CoreAPI
 
 log = logging.getLogger(__name__)
-
-
-PENDING = "tgstars:pending"  # set of charge ids paid but maybe not yet credited
-
-
-def charge_key(charge_id: str) -> str:
-    """The wallet idempotency key of one Stars payment."""
-    return f"tgstars:{charge_id}"
-
-
-def pending_key(charge_id: str) -> str:
-    return f"{PENDING}:{charge_id}"
-
-
-async def credit_paid(
-    core: CoreAPI, charge: str, user_id: str, credits_milli: int, stars: int
-) -> None:
-    """Credit one paid charge, written down as pending until the credit is confirmed."""
-    record = {"user_id": user_id, "credits_milli": credits_milli, "stars": stars}
-    await core.kv.set(pending_key(charge), json.dumps(record))
-    await core.kv.sadd(PENDING, charge)
-    await core.credit_payment(
-        PLATFORM,
-        user_id,
-        credits_milli,
-        key=charge_key(charge),
-        reason="Telegram Stars",
-        meta={"stars": stars, "charge_id": charge, "provider": "telegram_stars"},
-    )
-    await core.kv.srem(PENDING, charge)
-    await core.kv.delete(pending_key(charge))
-
-
-async def retry_pending(core: CoreAPI) -> int:
-    """Credit every payment whose crediting failed earlier (once each); returns how many."""
-    done = 0
-    for charge in sorted(await core.kv.smembers(PENDING)):
-        raw = await core.kv.get(pending_key(charge))
-        if raw is None:
-            await core.kv.srem(PENDING, charge)
-            continue
-        try:
-            record = json.loads(raw)
-            await credit_paid(
-                core,
-                charge,
-                str(record["user_id"]),
-                int(record["credits_milli"]),
-                int(record.get("stars", 0)),
-            )
-        except Exception:
-            log.exception("crediting pending Stars payment %s failed; will retry", charge)
-            continue
-        log.info("credited pending Stars payment %s", charge)
-        done += 1
-    return done
 
 
 def build_router() -> Router:
@@ -164,10 +105,12 @@ async def on_paid(message: TgMessage, bot: Bot, core: CoreAPI, tg: TelegramConte
         log.error("Stars payment %s does not match its payload; not credited", charge)
         await send_text(bot, tg, target, tr("payment_unknown", language, charge=charge))
         return
-    await credit_paid(core, charge, str(user.id), purchase.pack.credits_milli, purchase.pack.stars)
     # A redelivered payment is credited once by its key; the receipt goes out once too.
-    if await core.kv.add(f"tgstars:receipt:{charge}", "1", ttl=tg.dedupe_ttl):
-        credits = format_credits(purchase.pack.credits_milli)
+    pack = purchase.pack
+    if await core.stars_paid(
+        charge, str(user.id), pack.credits_milli, pack.stars, receipt_ttl=tg.dedupe_ttl
+    ):
+        credits = format_credits(pack.credits_milli)
         await send_text(bot, tg, target, tr("payment_ok", language, credits=credits))
 
 
@@ -194,7 +137,7 @@ async def on_refund(
         return
     buyer, charge = int(args[0]), args[1]
     try:
-        entry = await core.reverse_payment(charge_key(charge), reason="Telegram Stars refund")
+        entry = await core.reverse_stars(charge, reason="Telegram Stars refund")
     except Exception as exc:  # the core says why (unknown payment, credits already spent...)
         log.warning("Stars %s not refunded: its credits could not be taken back: %s", charge, exc)
         await send_text(bot, tg, target, tr("refund_reverse_failed", language, error=str(exc)))

@@ -39,10 +39,10 @@ from adapters.wechat.endpoint import Endpoint
 from adapters.wechat.kvlock import KvLocks
 from adapters.wechat.pay import TopUps
 from adapters.wechat.split import MAX_TEXT_BYTES
-from adapters.wechatpay import APP_KEY as WECHATPAY_KEY
+from adapters.wechat.wechatpay import APP_KEY as WECHATPAY_KEY
 from bot.api import CoreAPI
 from bot.events import Delivery, Message, Progress
-from bot.payments import WeChatPay
+from bot.payments.wechatpay import WeChatPay
 from bot.settings import Settings
 from bot.store.base import Store
 

@@ -26,14 +26,12 @@ from adapters.wechat import texts
 from adapters.wechat.api import WeChatApi, WeChatApiError
 from adapters.wechat.conversation import PLATFORM
 from adapters.wechat.delivery import Item, text_item
-from adapters.wechatpay import start_topup
-from billing.money import format_credits
-from bot.payments import PaymentError, WeChatPay, format_fen, parse_fen
+from adapters.wechat.wechatpay import start_topup
+from billing.money import MAX_TOPUP_FEN, MIN_TOPUP_FEN, format_credits, format_fen, topup_fen
+from bot.payments.wechatpay import WeChatPay
+from bot.providers.wechatpay import PaymentError
 
 log = logging.getLogger(__name__)
-
-MIN_FEN = 100  # 1 CNY: smaller top-ups are not worth a payment
-MAX_FEN = 500_000  # 5,000 CNY, WeChat Pay's order limit in bot/payments.py
 
 # "/pay" takes anything after it (a wrong amount is refused, not chatted about); "充值" only
 # alone or before something that starts like an amount, so "充值卡怎么买" stays a question.
@@ -53,14 +51,6 @@ def pay_amount(text: str) -> str | None:
     if m is None:
         return None
     return (m.group("amount") or "").strip()
-
-
-def to_fen(amount: str) -> int:
-    """The amount in fen, 1 to 5,000 CNY with at most 2 decimals; ValueError otherwise."""
-    fen = parse_fen(amount)  # exact; refuses garbage, >2 decimals, 0 and > 5,000
-    if not MIN_FEN <= fen <= MAX_FEN:
-        raise ValueError("amount out of range")
-    return fen
 
 
 class TopUps:
@@ -94,11 +84,11 @@ class TopUps:
         if pay is None:
             return [text_item(texts.pay_not_configured())]
         if not amount:
-            return [text_item(texts.pay_usage(MIN_FEN // 100, MAX_FEN // 100))]
+            return [text_item(texts.pay_usage(MIN_TOPUP_FEN // 100, MAX_TOPUP_FEN // 100))]
         try:
-            fen = to_fen(amount)
+            fen = topup_fen(amount)  # exact; 1 to 5,000 CNY, at most 2 decimals
         except ValueError:
-            return [text_item(texts.pay_bad_amount(MIN_FEN // 100, MAX_FEN // 100))]
+            return [text_item(texts.pay_bad_amount(MIN_TOPUP_FEN // 100, MAX_TOPUP_FEN // 100))]
         cny = format_fen(fen)
         try:
             link = await start_topup(pay, PLATFORM, openid, cny, chat_id=openid, openid=openid)

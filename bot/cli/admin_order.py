@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 
-from billing.money import format_credits
+from billing.money import format_credits, format_fen
 from billing.wallet.base import Wallet
 from bot.accounts import Accounts
 from bot.cli.admin_common import Refused, bank_command
-from bot.payments import NotifyRejected, PayConfig, PaymentError, WeChatPay, format_fen
+from bot.payments.wechatpay import WeChatPay
+from bot.providers.wechatpay import NotifyRejected, PayConfig, PaymentError
 from bot.settings import get_settings
 from bot.store.base import Store
 

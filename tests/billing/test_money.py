@@ -11,11 +11,18 @@ from hypothesis import strategies as st
 
 from billing.money import (
     CREDITS_PER_CNY,
+    MAX_TOPUP_FEN,
     MILLI_PER_CREDIT,
+    MILLI_PER_FEN,
+    MIN_TOPUP_FEN,
+    fen_to_milli,
     format_cny,
     format_credits,
     format_decimal,
+    format_fen,
     parse_credits,
+    parse_fen,
+    topup_fen,
 )
 
 
@@ -99,3 +106,36 @@ def test_format_decimal_is_exact_or_refuses() -> None:
 def test_formatting_refuses_non_integers() -> None:
     with pytest.raises(TypeError):
         format_credits(1.5)  # type: ignore[arg-type]
+
+
+# --- CNY paid in fen ---------------------------------------------------------------------------
+
+
+def test_a_fen_is_a_hundred_credits() -> None:
+    assert MILLI_PER_FEN == 100_000
+    assert fen_to_milli(990) == parse_credits("99000")  # 9.90 CNY
+    assert fen_to_milli(100) == MILLI_PER_CREDIT * CREDITS_PER_CNY  # 1 CNY
+    with pytest.raises(TypeError):
+        fen_to_milli(9.9)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        fen_to_milli(True)
+
+
+def test_cny_is_parsed_to_fen_once_for_every_caller() -> None:
+    assert parse_fen("¥5") == parse_fen("5元") == parse_fen(" 5 CNY") == 500
+    assert parse_fen("5000") == MAX_TOPUP_FEN
+    with pytest.raises(ValueError):
+        parse_fen("5000.01")
+    assert parse_fen("5000.01", most=None) == 500_001  # a code's value has no upper limit
+    for bad in ("0", "0.00", "-1", "1.234", "1e3", "１０", "²", "", "¥"):
+        with pytest.raises(ValueError):
+            parse_fen(bad, most=None)
+    assert [format_fen(f) for f in (990, 1, 100, 500_000)] == ["9.90", "0.01", "1.00", "5000.00"]
+
+
+def test_the_smallest_top_up_is_one_yuan() -> None:
+    assert MIN_TOPUP_FEN == 100
+    assert topup_fen("1") == 100 and topup_fen("9.9") == 990 and topup_fen("5000") == 500_000
+    for bad in ("0.99", "0.5", "0.01", "5000.01", "ten"):
+        with pytest.raises(ValueError):
+            topup_fen(bad)

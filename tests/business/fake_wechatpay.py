@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from bot.payments import encrypt_v3, from_xml, sign_v2, to_xml
+from bot.providers.wechatpay import encrypt_v3, from_xml, sign_v2, to_xml
 
 MCHID = "1900000109"
 APPID = "wx1234567890abcdef"

@@ -22,10 +22,14 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters import wechatpay as adapter
+from adapters.wechat import wechatpay as adapter
+from adapters.wechat.pay_page import qr_png
+from billing.money import parse_fen
 from bot.accounts import Accounts
 from bot.events import Delivery, Notice
-from bot.payments import WeChatPay, parse_fen, qr_png, sign_v2, verify_v3
+from bot.payments.wechatpay import WeChatPay
+from bot.providers.wechatpay import sign_v2, verify_v3
+from bot.scheduler import Scheduler
 from bot.settings import Settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank
@@ -48,7 +52,7 @@ async def served(app: web.Application) -> AsyncIterator[str]:
 
 
 class CoreStandIn:
-    """What the endpoint needs of the Core: its store, `credit_payment` and a sink.
+    """What the endpoint needs of the Core: its store, `credit_payment`, a sink, a scheduler.
 
     `credit_payment` is the real one the Core delegates to (`Accounts.credit_payment` on the
     test's store and wallet, as `creditbot admin order` builds it): the payer's account pinned
@@ -61,6 +65,7 @@ class CoreStandIn:
         self.accounts = Accounts(bank.store, bank.wallet)
         self.credit_payment = self.accounts.credit_payment
         self.delivered: list[Delivery] = []
+        self.scheduler = Scheduler()  # never started: the tests run `reconcile` themselves
 
     async def deliver(self, delivery: Delivery) -> None:
         self.delivered.append(delivery)

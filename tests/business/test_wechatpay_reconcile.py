@@ -25,7 +25,8 @@ from aiohttp import web
 
 from bot.accounts import Accounts
 from bot.events import Notice
-from bot.payments import NotifyRejected, Order, PayConfig, PaymentError, WeChatPay
+from bot.payments.wechatpay import Order, WeChatPay
+from bot.providers.wechatpay import NotifyRejected, PayConfig, PaymentError
 from bot.settings import get_settings
 from tests.business import fake_wechatpay as fake
 from tests.business.conftest import Bank

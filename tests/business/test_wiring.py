@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from adapters import wechatpay as adapter
 from adapters.http import build_app, install_front_ends
+from adapters.wechat import wechatpay as adapter
 from bot.assemble import assemble
 from bot.codes import create_codes
 from bot.events import Delivery, FinalText, Message, Notice

@@ -25,6 +25,22 @@ async def test_sweeper_voids_holds_left_by_a_crash(make_core: MakeCore, sqlite_u
     assert (balance.total, balance.held) == (10_000, 0)
 
 
+async def test_the_sweeper_runs_on_the_cores_one_scheduler(
+    make_core: MakeCore, sqlite_url: str
+) -> None:
+    core = await make_core(sqlite_url, sweep_interval_seconds=1)
+    assert core.scheduler.running and core.scheduler.jobs == ["sweeper"]
+    await fund(core, ACCOUNT, 10)
+    await core.wallet.hold(ACCOUNT, 4000, "crashed-request", ttl=0.05)
+    for _ in range(250):  # voided by the scheduled sweeper (within a second), not by hand
+        if (await core.wallet.balance(ACCOUNT)).held == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (await core.wallet.balance(ACCOUNT)).available == 10_000
+    await core.scheduler.stop()
+    assert not core.scheduler.running
+
+
 async def test_notify_hook_makes_the_bot_look_at_once(make_core: MakeCore, sqlite_url: str) -> None:
     port = free_port()
     # Polling every 30 s: without the notification the image would take half a minute.

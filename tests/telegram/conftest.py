@@ -19,6 +19,7 @@ from adapters.telegram.frontend import TelegramFrontEnd, admin_ids
 from adapters.telegram.stars import parse_packs
 from billing.money import MILLI_PER_CREDIT
 from bot.events import Delivery, Event, Message
+from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.store.base import Store
 from tests.telegram.fake_api import TOKEN, FakeBotAPI
@@ -73,6 +74,7 @@ class FakeCore:
     script: dict[str, list[Event | float]] = field(default_factory=dict)
     seen: list[Message] = field(default_factory=list)
     stops: list[asyncio.Event | None] = field(default_factory=list)
+    scheduler: Scheduler = field(default_factory=Scheduler)  # never started
     sink: Callable[[Delivery], Awaitable[None]] | None = None
 
     async def handle(self, msg: Message, *, stop: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
@@ -90,6 +92,9 @@ class FakeCore:
 
     def set_sink(self, platform: str, sink: Callable[[Delivery], Awaitable[None]]) -> None:
         self.sink = sink
+
+    async def retry_stars(self) -> int:
+        return 0  # no Stars payments here
 
 
 class MemoryStore:

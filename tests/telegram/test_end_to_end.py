@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from adapters.telegram import payments
 from adapters.telegram.stars import encode_payload
+from bot.payments import stars as payments
 from tests.telegram import updates as u
 from tests.telegram.conftest import ADMIN, available, fund
 from tests.telegram.fake_api import _error as fake_api_error
@@ -158,8 +158,8 @@ async def test_a_paid_stars_payment_whose_crediting_failed_is_credited_once_late
     with pytest.raises(ConnectionError):
         await fe.dp.feed_raw_update(fe.bot, paid)
     assert await available(fe.core, u.ALICE) == before  # paid, not yet credited...
-    assert await payments.retry_pending(fe.core) == 1  # ...until the front end retries
-    assert await payments.retry_pending(fe.core) == 0
+    assert await fe.core.retry_stars() == 1  # ...until the Stars retry runs
+    assert await fe.core.retry_stars() == 0
     await fe.dp.feed_raw_update(fe.bot, paid)  # the same update again: not dropped, not doubled
     assert await available(fe.core, u.ALICE) - before == 10_000_000
 

@@ -1,76 +1,59 @@
-"""The WeChat Pay notification endpoint on the bot's aiohttp app.
+"""WeChat Pay on the bot's aiohttp app: the notification endpoint, the pay page, top-up offers.
 
 `install(core, settings, app)` adds `POST settings.wechatpay_notify_path` and returns a front
-end whose `start()` runs the sweeper: every minute it reconciles open orders with WeChat Pay
-(`WeChatPay.reconcile`: a paid order whose notification was lost is credited, an unpaid one is
-closed at its deadline and expired once WeChat Pay's answer names it closed). Cancelling the
-sweeper mid-pass is safe: every step is idempotent and the next pass resumes. The order logic
-and the signature checks live in `bot/payments.py`; this module only speaks HTTP: v2 answers XML
-SUCCESS/FAIL, v3 answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
+end whose `start()` adds reconciliation to the core's scheduler: every minute it reconciles
+open orders with WeChat Pay (`WeChatPay.reconcile`: a paid order whose notification was lost is
+credited, an unpaid one is closed at its deadline and expired once WeChat Pay's answer names it
+closed). Stopping it mid-pass is safe: every step is idempotent and the next pass resumes. The
+orders live in `bot/payments/wechatpay.py` (on the payment inbox) and the protocol in
+`bot/providers/wechatpay/`; this module only speaks HTTP: v2 answers XML SUCCESS/FAIL, v3
+answers 204 (no body) or 4xx with {"code": "FAIL", "message": ...}.
 
 The `WeChatPay` service is also put at `app[APP_KEY]`; a front end offers a top-up with
 `start_topup(pay, platform, user_id, "10", openid=...)`: a Native order's QR code PNG to send
 as an image, or (inside WeChat, with the user's openid) a link to the JSAPI pay page this
-module serves at `/wechatpay/pay/<out_trade_no>` (next to the notify path).
+module serves at `/wechatpay/pay/<out_trade_no>` (next to the notify path; `pay_page`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from billing.money import format_credits
+from adapters.wechat.pay_page import jsapi_page, qr_png
+from billing.money import fen_to_milli, format_credits, format_fen, topup_fen
 from bot.api import CoreAPI
 from bot.events import Delivery, Notice
-from bot.payments import Order, PayConfig, WeChatPay, format_fen, parse_fen, qr_png
+from bot.payments.wechatpay import RECONCILE_JOB, RECONCILE_SECONDS, Order, WeChatPay
+from bot.providers.wechatpay import PayConfig
+from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 APP_KEY = web.AppKey("wechatpay", WeChatPay)
 MAX_BODY = 64 * 1024
-SWEEP_SECONDS = 60
 
 
 class WeChatPayFrontEnd:
-    """Holds the service; start/stop run the reconciliation sweeper."""
+    """Holds the service; start/stop add and cancel its reconciliation on the scheduler."""
 
-    def __init__(self, pay: WeChatPay, sweep_seconds: float = SWEEP_SECONDS) -> None:
+    def __init__(
+        self, pay: WeChatPay, scheduler: Scheduler, sweep_seconds: float = RECONCILE_SECONDS
+    ) -> None:
         self.pay = pay
+        self.scheduler = scheduler
         self.sweep_seconds = sweep_seconds
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep(), name="wechatpay-reconcile")
+        self.scheduler.every(RECONCILE_JOB, self.sweep_seconds, self.pay.reconcile, at_start=True)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.scheduler.cancel(RECONCILE_JOB)
         await self.pay.close()
-
-    async def _sweep(self) -> None:
-        while True:
-            try:
-                sweep = await self.pay.reconcile()
-                if sweep.credited or sweep.expired or sweep.failed:
-                    log.info(
-                        "wechatpay orders reconciled",
-                        extra={
-                            "credited": sweep.credited,
-                            "expired": sweep.expired,
-                            "failed": sweep.failed,
-                        },
-                    )
-            except Exception:
-                log.exception("wechatpay reconciliation sweep failed")
-            await asyncio.sleep(self.sweep_seconds)
 
 
 def notify_handler(pay: WeChatPay) -> Any:
@@ -129,11 +112,12 @@ async def start_topup(
 
     With `openid` (the user is inside WeChat, on the merchant's app id) the order is JSAPI
     and the offer is a link to the pay page (beside WECHATPAY_NOTIFY_URL); otherwise it is a
-    Native order and the offer is a QR code PNG. Raises ValueError for a bad amount,
+    Native order and the offer is a QR code PNG. Raises ValueError for a bad amount (below
+    1 CNY or above 5,000: billing.money.topup_fen),
     PaymentError when WeChat Pay refuses.
     """
-    fen = parse_fen(amount)
-    credits = format_credits(fen * 100_000)
+    fen = topup_fen(amount)
+    credits = format_credits(fen_to_milli(fen))
     cny = format_fen(fen)
     if openid:
         order = await pay.create_order(
@@ -160,7 +144,7 @@ def page_handler(pay: WeChatPay) -> Any:
         if order is None or order.trade_type != "JSAPI":
             return web.Response(status=404, text="no such order / 订单不存在")
         return web.Response(
-            text=pay.jsapi_page(order),
+            text=jsapi_page(pay, order),
             content_type="text/html",
             headers={"Cache-Control": "no-store"},
         )
@@ -168,7 +152,7 @@ def page_handler(pay: WeChatPay) -> Any:
     return handle
 
 
-def _tell_user(core: CoreAPI) -> Any:
+def _tell_user(core: CoreAPI) -> Callable[[Order], Awaitable[None]]:
     """Tell the payer their credits arrived, through the core's sink for their platform."""
 
     async def on_paid(order: Order) -> None:
@@ -192,4 +176,4 @@ def install(core: CoreAPI, settings: Any, app: web.Application) -> WeChatPayFron
     app[APP_KEY] = pay
     app.router.add_post(settings.wechatpay_notify_path, notify_handler(pay))
     app.router.add_get(page_path(settings.wechatpay_notify_path) + "/{order}", page_handler(pay))
-    return WeChatPayFrontEnd(pay)
+    return WeChatPayFrontEnd(pay, core.scheduler)
