@@ -39,6 +39,15 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from billing.storage.sql_engine import (
+    create_engine,
+    is_sqlite,
+    migrate,
+    retrying,
+    sqlite_file,
+    writer,
+)
+from billing.storage.sqlite_writer import SqliteWriter
 from billing.wallet import sql_lite, sql_pg
 from billing.wallet.base import (
     CAPTURE,
@@ -58,16 +67,7 @@ from billing.wallet.base import (
     InvalidAmount,
     WalletError,
 )
-from billing.wallet.sql_engine import (
-    create_engine,
-    is_sqlite,
-    migrate,
-    retrying,
-    sqlite_file,
-    writer,
-)
 from billing.wallet.sql_schema import accounts, entries, holds
-from billing.wallet.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
