@@ -21,6 +21,7 @@ from bot.context import Request, Services
 from bot.events import Event, FinalText, Notice
 from bot.i18n import t
 from bot.imagine import ImageFlow
+from bot.store.keys import credit_account_key, refund_key
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Commands:
             key,
             f"grant by {req.ident}",
             meta={"admin": req.ident},
-            pin=f"creditacct:{key}",
+            pin=credit_account_key(key),
         )
         account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
@@ -310,7 +311,7 @@ class Commands:
             # Only a charge can be given back: refunding a /link move or a payment reversal
             # would create credits that were never paid for.
             return Notice(t("refund_not_charge", req.lang, entry=entry.id), kind="error")
-        marker = f"refund:{entry.id}"
+        marker = refund_key(entry.id)
         done = await self.s.store.get(marker)
         if done:
             return Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
@@ -318,7 +319,7 @@ class Commands:
         refund = await self.s.accounts.credit(
             entry.account,
             -entry.amount,
-            f"refund:{entry.id}",
+            marker,
             f"compensation for entry {entry.id}",
             ref=entry.id,
             meta={"admin": req.ident},

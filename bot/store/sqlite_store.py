@@ -31,9 +31,9 @@ from typing import Any
 from billing.storage.sql_engine import create_engine, migrate, normalize_url, sqlite_options
 from billing.storage.sqlite_writer import SqliteWriter, is_transient
 from bot.store.base import Op, OpStore
+from bot.store.keys import RELAXED_PREFIXES
 
 PURGE_EVERY = 1000  # writes between two purges of expired rows
-RELAXED_PREFIXES = ("seen:", "inflight:", "conv:")
 
 _Op = Callable[[sqlite3.Cursor, int], Any]  # (cursor, now in ms) -> result
 
