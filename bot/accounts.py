@@ -25,6 +25,17 @@ from typing import Any
 
 from billing.wallet.base import DEBIT, Entry, IdempotencyConflict, InsufficientCredits, Wallet
 from bot.store.base import Store
+from bot.store.keys import (
+    NAMES,
+    UNSETTLED,
+    ident_key,
+    link_claim_key,
+    link_code_key,
+    linked_set,
+    name_key,
+    payment_account_key,
+    payment_entry_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +47,8 @@ MAX_HOPS = 8  # links followed from an account (A was linked to B, then B to C, 
 SETTLE_ROUNDS = 8  # moves tried while concurrent settles keep changing the account
 SCAN_ENTRIES = 50  # newest entries of a linked-away account searched for unfinished moves
 DRAIN = "drain:"  # wallet keys of settle's moves: drain:<newest entry id>:out / :in
-UNSETTLED = "accounts:unsettled"  # linked-away accounts still holding credits (the sweeper's)
 MOVE_OUT = "moved to linked wallet"
 MOVE_IN = "moved from linked account"
-
-
-NAMES = "names"  # set of identities with a recorded display name (for `admin find`)
-
-
-def name_key(ident: str) -> str:
-    return f"name:{ident}"
 
 
 async def remember_name(store: Store, platform: str, user_id: str, name: str) -> None:
@@ -62,11 +65,6 @@ async def remember_name(store: Store, platform: str, user_id: str, name: str) ->
 def identity(platform: str, user_id: str) -> str:
     """The platform identity, also the default account id: "telegram:42"."""
     return f"{platform}:{user_id}"
-
-
-def ident_key(ident: str) -> str:
-    """The store key of an identity's link: absent until /link points it at another account."""
-    return f"ident:{ident}"
 
 
 def account_for(ident: str, linked: str | None) -> str:
@@ -114,9 +112,9 @@ class Accounts:
         move and never moves twice. Returns the payment's own ledger entry. The core's
         `credit_payment` and the operator's `admin order` both credit through here.
         """
-        account = await self.pinned(f"payacct:{key}", await self.resolve(platform, user_id))
+        account = await self.pinned(payment_account_key(key), await self.resolve(platform, user_id))
         entry = await self.wallet.credit(account, amount_milli, key, reason, meta=meta)
-        await self.store.set(f"pay:{key}", entry.id)
+        await self.store.set(payment_entry_key(key), entry.id)
         await self._settle_after_credit(account)
         return entry
 
@@ -274,13 +272,13 @@ class Accounts:
 
     async def resolve_name(self, name: str) -> str:
         """An admin's USER argument: "platform:user_id" (following links) or an account id."""
-        return await self.store.get(f"ident:{name}") or name
+        return await self.store.get(ident_key(name)) or name
 
     async def new_link_code(self, account: str) -> str:
         """A one-time code that joins another identity to `account` within LINK_TTL_SECONDS."""
         while True:
             code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LEN))
-            if await self.store.add(f"link:{code}", account, ttl=LINK_TTL_SECONDS):
+            if await self.store.add(link_code_key(code), account, ttl=LINK_TTL_SECONDS):
                 return code
 
     async def link(self, platform: str, user_id: str, code: str) -> tuple[str, int]:
@@ -301,10 +299,10 @@ class Accounts:
         """
         tag = code.strip().upper()
         me = identity(platform, user_id)
-        claim_key = f"linkclaim:{tag}"
+        claim_key = link_claim_key(tag)
         raw = await self.store.get(claim_key)
         if raw is None:
-            target = await self.store.get(f"link:{tag}")
+            target = await self.store.get(link_code_key(tag))
             if target is None:
                 raise LinkError("invalid")
             # A code made before its account was itself linked away joins where it went.
@@ -345,7 +343,7 @@ class Accounts:
             await self._repoint(dst, final, me)
         await self.settle(src)  # credits that landed after the plan read the balance
         await self.settle(dst)  # and ours, if the target was linked away meanwhile
-        await self.store.delete(f"link:{tag}")  # consumed only now that the move is complete
+        await self.store.delete(link_code_key(tag))  # consumed only now that the move is complete
         log.info(
             "linked identity on %s to another account (moved %d millicredits)", platform, amount
         )
@@ -359,18 +357,13 @@ class Accounts:
         """
         done: set[str] = set()
         while True:
-            members = await self.store.smembers(_members(src))
+            members = await self.store.smembers(linked_set(src))
             members.add(me)
-            if ":" in src and await self.store.get(f"ident:{src}") in (None, src):
+            if ":" in src and await self.store.get(ident_key(src)) in (None, src):
                 members.add(src)  # the identity whose own default account this was
             if members <= done:
                 return
             for ident in sorted(members - done):
-                await self.store.sadd(_members(dst), ident)
-                await self.store.set(f"ident:{ident}", dst)
+                await self.store.sadd(linked_set(dst), ident)
+                await self.store.set(ident_key(ident), dst)
             done |= members
-
-
-def _members(account: str) -> str:
-    """The set of identities linked to `account` (kept so a later /link moves them all)."""
-    return f"linked:{account}"

@@ -24,7 +24,7 @@ from billing.money import format_credits, format_decimal
 from billing.pricing import ModelPrice, UnknownModel
 from billing.tokens import count_text
 from billing.wallet.base import HELD, Hold, HoldNotActive, IdempotencyConflict, InsufficientCredits
-from bot.accounts import account_for, ident_key, identity
+from bot.accounts import account_for, identity
 from bot.context import Request, Services
 from bot.conversations import Prompt, TooLong, fit, parse_history
 from bot.events import Event, FinalText, Notice, TextDelta
@@ -40,6 +40,7 @@ from bot.providers.errors import (
 )
 from bot.providers.openai import Usage
 from bot.store.base import Op
+from bot.store.keys import ident_key
 
 log = logging.getLogger(__name__)
 

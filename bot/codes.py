@@ -32,6 +32,14 @@ from billing.money import fen_to_milli, parse_fen
 from billing.wallet.base import Wallet
 from bot.accounts import Accounts
 from bot.store.base import Store
+from bot.store.keys import (
+    CODES,
+    code_done_key,
+    code_good_key,
+    code_key,
+    code_tries_key,
+    code_used_key,
+)
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 CODE_CHARS = 24  # 24 x 5 = 120 bits of randomness
@@ -40,7 +48,6 @@ MAX_WRONG = 5  # wrong guesses allowed per user per window
 WINDOW_SECONDS = 3600
 
 _READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
-_INDEX = "codes"  # set of every code hash, for listing
 _REVOKED = "!revoked"  # claim value of a revoked code
 
 KINDS = ("invalid", "used", "expired", "revoked", "rate_limited")
@@ -142,7 +149,7 @@ def _dt(value: str | None) -> datetime | None:
 
 
 async def _record(store: Store, hash_hex: str) -> dict[str, Any] | None:
-    raw = await store.get(f"code:{hash_hex}")
+    raw = await store.get(code_key(hash_hex))
     return json.loads(raw) if raw else None
 
 
@@ -172,9 +179,9 @@ async def create_codes(
             "expires_at": expires_at.isoformat() if expires_at else None,
             "batch": batch,
         }
-        if not await store.add(f"code:{h}", json.dumps(record)):
+        if not await store.add(code_key(h), json.dumps(record)):
             continue  # a 2^-120 collision: draw again
-        await store.sadd(_INDEX, h)
+        await store.sadd(CODES, h)
         made.append(NewCode(code, code_id(h), amount, expires_at))
     return made
 
@@ -196,7 +203,7 @@ async def _info(store: Store, hash_hex: str, now: datetime) -> CodeInfo | None:
     if record is None:
         return None
     expires = _dt(record.get("expires_at"))
-    claim_raw = await store.get(f"code:used:{hash_hex}")
+    claim_raw = await store.get(code_used_key(hash_hex))
     used_by = used_at = None
     if claim_raw is not None:
         claim = json.loads(claim_raw)
@@ -224,7 +231,7 @@ async def _info(store: Store, hash_hex: str, now: datetime) -> CodeInfo | None:
 async def list_codes(store: Store, *, now: datetime | None = None) -> list[CodeInfo]:
     """Every code, oldest first, with its status."""
     now = _now(now)
-    infos = [await _info(store, h, now) for h in await store.smembers(_INDEX)]
+    infos = [await _info(store, h, now) for h in await store.smembers(CODES)]
     found = [i for i in infos if i is not None]
     return sorted(found, key=lambda i: (i.created_at, i.id))
 
@@ -237,7 +244,7 @@ async def find_code(store: Store, code_or_id: str) -> str | None:
     prefix = code_or_id.strip().lower()
     if len(prefix) < 6:
         return None
-    matches = [h for h in await store.smembers(_INDEX) if h.startswith(prefix)]
+    matches = [h for h in await store.smembers(CODES) if h.startswith(prefix)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -248,7 +255,7 @@ async def revoke_code(store: Store, code_or_id: str, *, now: datetime | None = N
     if h is None:
         raise CodeError("invalid", f"no code {code_or_id!r}")
     claim = json.dumps({"account": _REVOKED, "at": now.isoformat()})
-    if not await store.add(f"code:used:{h}", claim):
+    if not await store.add(code_used_key(h), claim):
         current = await _info(store, h, now)
         if current is not None and current.status == "used":
             raise CodeError("used", f"code {code_id(h)} was already redeemed")
@@ -281,8 +288,8 @@ async def redeem_code(
         # Not code-shaped: it reveals nothing about real codes, so it costs no attempt.
         raise CodeError("invalid", "malformed code")
     bucket = f"{user_key}:{int(now.timestamp()) // window}"
-    tries = await store.incr(f"code:try:{bucket}", ttl=window * 2)
-    good = int(await store.get(f"code:good:{bucket}") or 0)
+    tries = await store.incr(code_tries_key(bucket), ttl=window * 2)
+    good = int(await store.get(code_good_key(bucket)) or 0)
     if tries - good > max_wrong:
         raise CodeError("rate_limited", f"{user_key} made too many wrong guesses")
 
@@ -292,22 +299,22 @@ async def redeem_code(
     if record is None:
         raise CodeError("invalid", "unknown code")
     # A real code, whatever happens next: it was not a wrong guess.
-    await store.incr(f"code:good:{bucket}", ttl=window * 2)
+    await store.incr(code_good_key(bucket), ttl=window * 2)
 
     amount = int(record["amount"])
     expires = _dt(record.get("expires_at"))
     claimed = False
     if expires is None or expires > now:
         claim = json.dumps({"account": account, "at": now.isoformat()})
-        claimed = await store.add(f"code:used:{h}", claim)
+        claimed = await store.add(code_used_key(h), claim)
     if not claimed:
-        raw = await store.get(f"code:used:{h}")
+        raw = await store.get(code_used_key(h))
         if raw is None:
             raise CodeError("expired")
         holder = json.loads(raw).get("account")
         if holder == _REVOKED:
             raise CodeError("revoked")
-        if await store.get(f"code:done:{h}"):
+        if await store.get(code_done_key(h)):
             raise CodeError("used")
         if holder != account and await accounts.moved_to(holder) != account:
             raise CodeError("used")
@@ -322,5 +329,5 @@ async def redeem_code(
         "redemption code",
         meta={"code_id": code_id(h), "batch": record.get("batch", "")},
     )
-    await store.set(f"code:done:{h}", "1")
+    await store.set(code_done_key(h), "1")
     return amount

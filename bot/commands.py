@@ -25,6 +25,7 @@ from bot.context import Request, Services
 from bot.events import Event, FinalText, Notice
 from bot.i18n import t
 from bot.imagine import ImageFlow
+from bot.store.keys import credit_account_key, refund_key
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class Commands:
             key,
             f"grant by {req.ident}",
             meta={"admin": req.ident},
-            pin=f"creditacct:{key}",
+            pin=credit_account_key(key),
         )
         account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
@@ -326,7 +327,7 @@ class Commands:
             # would create credits that were never paid for.
             yield Notice(t("refund_not_charge", req.lang, entry=entry.id), kind="error")
             return
-        marker = f"refund:{entry.id}"
+        marker = refund_key(entry.id)
         done = await self.s.store.get(marker)
         if done:
             yield Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
@@ -335,7 +336,7 @@ class Commands:
         refund = await self.s.accounts.credit(
             entry.account,
             -entry.amount,
-            f"refund:{entry.id}",
+            marker,
             f"compensation for entry {entry.id}",
             ref=entry.id,
             meta={"admin": req.ident},

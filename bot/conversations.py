@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from billing.pricing import ModelPrice
 from billing.tokens import count_messages
 from bot.store.base import Op, Store
+from bot.store.keys import conversation_key, model_key
 
 MAX_STORED_MESSAGES = 40  # older turns could never fit a useful window anyway
 CONVERSATION_TTL_SECONDS = 30 * 86400
@@ -186,14 +187,14 @@ class Conversations:
 
     @staticmethod
     def _key(account: str, platform: str, chat_id: str) -> str:
-        return f"conv:{account}:{platform}:{chat_id}"
+        return conversation_key(account, platform, chat_id)
 
     async def history(self, account: str, platform: str, chat_id: str) -> list[dict]:
         return parse_history(await self.store.get(self._key(account, platform, chat_id)))
 
     def keys(self, account: str, platform: str, chat_id: str) -> list[str]:
         """The store keys of the account's chosen model and of this chat's history."""
-        return [f"model:{account}", self._key(account, platform, chat_id)]
+        return [model_key(account), self._key(account, platform, chat_id)]
 
     async def append(
         self,
@@ -253,7 +254,7 @@ class Conversations:
         await self.store.delete(self._key(account, platform, chat_id))
 
     async def model(self, account: str) -> str | None:
-        return await self.store.get(f"model:{account}")
+        return await self.store.get(model_key(account))
 
     async def set_model(self, account: str, model: str) -> None:
-        await self.store.set(f"model:{account}", model)
+        await self.store.set(model_key(account), model)

@@ -34,6 +34,7 @@ from bot.payments.stars import StarsPayments
 from bot.runtime import freeze_startup_heap
 from bot.scheduler import SWEEPER_JOB, Scheduler, Sweeper
 from bot.store.base import Op, Store, batch
+from bot.store.keys import credit_account_key, press_seen_key, seen_key, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Core:
         # The mark's value is this delivery's own, so a first round trip that fails or is
         # cancelled (the store may have applied it) can take back its mark and no other: a
         # redelivery of a message never answered is then answered, not dropped.
-        mark_key, mark = f"seen:{msg.platform}:{msg.message_id}", new_token()
+        mark_key, mark = seen_key(msg.platform, msg.message_id), new_token()
         seen: Op = ("add", mark_key, mark, self.settings.dedupe_ttl_seconds)
         opening: Opening | None = None
         try:
@@ -203,7 +204,7 @@ class Core:
     ) -> AsyncIterator[Event]:
         """A button press (an Action.data). `message_id` is the press's own unique id."""
         if not await self.kv.add(
-            f"seen:{platform}:press:{message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
+            press_seen_key(platform, message_id), "1", ttl=self.settings.dedupe_ttl_seconds
         ):
             return
         count_request(platform, "press")
@@ -313,7 +314,7 @@ class Core:
         """Free credits once per platform user; True if granted by this call."""
         if amount_milli <= 0:
             return False
-        flag = f"trial:{platform}:{user_id}"
+        flag = trial_key(platform, user_id)
         if await self.kv.get(flag):
             return False
         # Credit first (its wallet key makes a repeat harmless), then the flag: a crash in
@@ -321,7 +322,7 @@ class Core:
         account = await self.account_of(platform, user_id)
         try:  # pinned, and following a /link that raced it (see Accounts.credit)
             await self.services.accounts.credit(
-                account, amount_milli, flag, "trial credits", pin=f"creditacct:{flag}"
+                account, amount_milli, flag, "trial credits", pin=credit_account_key(flag)
             )
         except IdempotencyConflict as exc:
             # Credited before the crash, then TRIAL_CREDITS changed: that credit is the trial.

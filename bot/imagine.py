@@ -47,10 +47,10 @@ from bot.providers.midjourney import (
     SubmitResult,
     TaskNotFound,
 )
+from bot.store.keys import MJ_OPEN, mj_settle_key, mj_task_key, mj_track_key
 
 log = logging.getLogger(__name__)
 
-OPEN = "mj:open"
 DONE_TTL_SECONDS = 7 * 86400  # how long a finished image's buttons keep working
 TRACK_LEASE_SECONDS = 60.0
 LOST_AFTER = 3  # consecutive "task not found" answers before a task counts as failed
@@ -174,16 +174,16 @@ class ImageFlow:
     async def resume(self) -> int:
         """Track every unsettled task that no live process is tracking; returns how many."""
         started = 0
-        for task_id in await self.s.store.smembers(OPEN):
+        for task_id in await self.s.store.smembers(MJ_OPEN):
             if task_id in self._trackers or self._closed:
                 continue
             record = await self.load(task_id)
             if record is None or record.status != "pending":
-                claimed = await self.s.store.get(f"mj:settle:{task_id}")
+                claimed = await self.s.store.get(mj_settle_key(task_id))
                 if record is not None and claimed:
                     await self._settle(record, claimed, None)  # finish an interrupted settle
                 else:
-                    await self.s.store.srem(OPEN, task_id)
+                    await self.s.store.srem(MJ_OPEN, task_id)
                 continue
             if await self._start(record):
                 started += 1
@@ -205,7 +205,7 @@ class ImageFlow:
         self._trackers.clear()
 
     async def load(self, task_id: str) -> TaskRecord | None:
-        raw = await self.s.store.get(f"mj:task:{task_id}")
+        raw = await self.s.store.get(mj_task_key(task_id))
         if not raw:
             return None
         try:
@@ -328,10 +328,10 @@ class ImageFlow:
             lang=req.lang,
             parent=parent.task_id if parent else None,
         )
-        key = f"mj:task:{record.task_id}"
+        key = mj_task_key(record.task_id)
         # Listed as open first: once the record is stored, resume() always finds it (an id
         # listed without a record is dropped by resume()).
-        await self.s.store.sadd(OPEN, record.task_id)
+        await self.s.store.sadd(MJ_OPEN, record.task_id)
         if not await self.s.store.add(key, record.dumps()):
             # Code 21 for a task we already hold credit for (or a race to register it):
             # follow the existing task and release this second hold.
@@ -371,7 +371,7 @@ class ImageFlow:
         """Start a poller unless one runs here or in another process (the track lease)."""
         if record.task_id in self._trackers or self._closed:
             return record.task_id in self._trackers
-        lease_key = f"mj:track:{record.task_id}"
+        lease_key = mj_track_key(record.task_id)
         token = secrets.token_hex(8)
         if not await self.s.store.add(lease_key, token, ttl=TRACK_LEASE_SECONDS):
             return False
@@ -463,7 +463,7 @@ class ImageFlow:
     ) -> None:
         """Claim the outcome once, apply it idempotently, record it, tell the owner."""
         store = self.s.store
-        claim = f"mj:settle:{record.task_id}"
+        claim = mj_settle_key(record.task_id)
         if not await store.add(claim, outcome, ttl=DONE_TTL_SECONDS):
             outcome = await store.get(claim) or outcome  # finish what was decided first
         if outcome == "capture":
@@ -488,8 +488,8 @@ class ImageFlow:
             record.status = status or record.status
             if record.status == "pending":
                 record.status = "failed"
-        await store.set(f"mj:task:{record.task_id}", record.dumps(), ttl=DONE_TTL_SECONDS)
-        await store.srem(OPEN, record.task_id)
+        await store.set(mj_task_key(record.task_id), record.dumps(), ttl=DONE_TTL_SECONDS)
+        await store.srem(MJ_OPEN, record.task_id)
         event = self._final_event(record, task)
         tracker = self._trackers.get(record.task_id)
         if event is None:

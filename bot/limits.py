@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.store.base import Op, Store, batch
+from bot.store.keys import inflight_key
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class InflightLimiter:
         succeeds, for a batch of the caller's (`acquire_more` tries the other slots). The
         caller sends it with `batch_taking`, so a failed round trip cannot keep the slot."""
         token = _token()
-        key = f"inflight:{account}:0"
+        key = inflight_key(account, 0)
         return ("add", key, token, self.ttl), Lease(self.store, key, token, self.ttl)
 
     async def acquire_more(self, account: str) -> Lease | None:
@@ -184,7 +185,7 @@ class InflightLimiter:
     async def _acquire(self, account: str, slots: range) -> Lease | None:
         token = _token()
         for slot in slots:
-            key = f"inflight:{account}:{slot}"
+            key = inflight_key(account, slot)
             lease = Lease(self.store, key, token, self.ttl)
             try:
                 won = await self.store.add(key, token, ttl=self.ttl)

@@ -15,6 +15,7 @@ from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject, Update
 
 from bot.store.base import Store
+from bot.store.keys import tg_update_key
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class DedupeMiddleware(BaseMiddleware):
 
     def __init__(self, store: Store, bot_id: int, ttl: float) -> None:
         self._store = store
-        self._prefix = f"tg:update:{bot_id}:"
+        self._bot_id = bot_id
         self._ttl = ttl
 
     async def __call__(
@@ -35,7 +36,7 @@ class DedupeMiddleware(BaseMiddleware):
     ) -> Any:
         if not isinstance(event, Update):
             return await handler(event, data)
-        key = f"{self._prefix}{event.update_id}"
+        key = tg_update_key(self._bot_id, event.update_id)
         if not await self._store.add(key, "1", ttl=self._ttl):
             log.info("update %s delivered again; skipped", event.update_id)
             return None

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from bot.store.base import Store
+from bot.store.keys import wx_lock_key, wx_token_key, wx_token_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class WeChatApi:
 
     @property
     def _token_key(self) -> str:
-        return f"wx:token:{self.appid}"
+        return wx_token_key(self.appid)
 
     async def close(self) -> None:
         if self._own_http:
@@ -79,7 +80,7 @@ class WeChatApi:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20.0
         delay = 0.01
-        lock = f"wx:lock:token:{self.appid}"
+        lock = wx_lock_key(wx_token_lock(self.appid))
         while True:
             shared = await self.kv.get(self._token_key)
             if shared:

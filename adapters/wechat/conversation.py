@@ -23,6 +23,7 @@ from adapters.wechat.split import split_text
 from bot.api import CoreAPI
 from bot.events import Event, FinalText, ImageResult, Message, Notice, Progress, TextDelta
 from bot.store.base import Store
+from bot.store.keys import wx_image_actions_key
 
 if TYPE_CHECKING:
     from adapters.wechat.pay import TopUps
@@ -135,7 +136,7 @@ class Conversation:
                 lock.release()
 
     async def _press(self, msg: Message, token: str, out: Out) -> AsyncIterator[Event] | None:
-        raw = await self.kv.get(f"wx:img:{msg.user_id}")
+        raw = await self.kv.get(wx_image_actions_key(msg.user_id))
         if not raw:
             await out([text_item(texts.no_image())])
             return None
@@ -172,7 +173,7 @@ class Conversation:
         if event.actions:
             actions = [[a.label, a.data] for a in event.actions]
             await self.kv.set(
-                f"wx:img:{openid}", json.dumps(actions, ensure_ascii=False), ttl=IMAGE_TTL
+                wx_image_actions_key(openid), json.dumps(actions, ensure_ascii=False), ttl=IMAGE_TTL
             )
         caption = event.caption.strip()
         if event.actions:

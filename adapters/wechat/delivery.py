@@ -24,6 +24,7 @@ from weakref import WeakValueDictionary
 from adapters.wechat.api import KEEP_FOR_LATER, WeChatApi, WeChatApiError
 from adapters.wechat.kvlock import KvLocks
 from bot.store.base import Store
+from bot.store.keys import wx_answer_key, wx_busy_set, wx_outbox_key, wx_user_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Outbox:
 
     @staticmethod
     def _key(openid: str) -> str:
-        return f"wx:outbox:{openid}"
+        return wx_outbox_key(openid)
 
     async def load(self, openid: str) -> list[Item]:
         raw = await self.kv.get(self._key(openid))
@@ -100,24 +101,24 @@ class Busy:
 
     async def start(self, openid: str, key: str) -> str:
         member = f"{key}|{time.time() + self.ttl:.0f}"
-        await self.kv.sadd(f"wx:busy:{openid}", member)
+        await self.kv.sadd(wx_busy_set(openid), member)
         return member
 
     async def stop(self, openid: str, key: str) -> None:
-        for member in await self.kv.smembers(f"wx:busy:{openid}"):
+        for member in await self.kv.smembers(wx_busy_set(openid)):
             if member.rsplit("|", 1)[0] == key:
-                await self.kv.srem(f"wx:busy:{openid}", member)
+                await self.kv.srem(wx_busy_set(openid), member)
 
     async def active(self, openid: str, *, besides: str = "") -> bool:
         """True if work other than request `besides` is running for the user."""
         now = time.time()
-        for member in await self.kv.smembers(f"wx:busy:{openid}"):
+        for member in await self.kv.smembers(wx_busy_set(openid)):
             key, deadline = member.rsplit("|", 1)
             if float(deadline) > now:
                 if key != besides:
                     return True
                 continue
-            await self.kv.srem(f"wx:busy:{openid}", member)
+            await self.kv.srem(wx_busy_set(openid), member)
         return False
 
 
@@ -148,10 +149,10 @@ class CustomerService:
             if not await self.outbox.load(openid):
                 rest = await self._send_all(openid, items)
                 if rest:
-                    async with self.locks.hold(f"user:{openid}"):
+                    async with self.locks.hold(wx_user_lock(openid)):
                         await self.outbox.push(openid, rest)
                 return
-            async with self.locks.hold(f"user:{openid}"):
+            async with self.locks.hold(wx_user_lock(openid)):
                 queue = [*await self.outbox.load(openid), *items]
                 await self.outbox.save(openid, await self._send_all(openid, queue))
 
@@ -200,7 +201,7 @@ class Answers:
 
     async def _claim(self, key: str, item: Item) -> bool:
         payload = json.dumps(item.dump(), ensure_ascii=False)
-        if not await self.kv.add(f"wx:ans:{key}", payload, ttl=ANSWER_TTL):
+        if not await self.kv.add(wx_answer_key(key), payload, ttl=ANSWER_TTL):
             return False
         if key in self.local:
             self._mine[key] = item
@@ -213,10 +214,10 @@ class Answers:
             return
         if len(items) == 1:  # the usual case: one claim, no lock
             if not await self._claim(key, items[0]) and items[0].kind != "empty":
-                async with self.locks.hold(f"user:{openid}"):
+                async with self.locks.hold(wx_user_lock(openid)):
                     await self.outbox.push(openid, items)
         else:  # the rest must be in the outbox before a try renders "reply 1 for more"
-            async with self.locks.hold(f"user:{openid}"):
+            async with self.locks.hold(wx_user_lock(openid)):
                 rest = items[1:] if await self._claim(key, items[0]) else items
                 await self.outbox.push(openid, [i for i in rest if i.kind != "empty"])
         event = self._ready.get(key)
@@ -231,11 +232,11 @@ class Answers:
             await self.offer(key, openid, [EMPTY])
             answer = self._mine.pop(key, None) or await self.get(key)
         if answer is not None and answer.kind == GAVE_UP.kind:
-            async with self.locks.hold(f"user:{openid}"):
+            async with self.locks.hold(wx_user_lock(openid)):
                 await self.busy.stop(openid, key)
 
     async def get(self, key: str) -> Item | None:
-        raw = await self.kv.get(f"wx:ans:{key}")
+        raw = await self.kv.get(wx_answer_key(key))
         return Item.load(json.loads(raw)) if raw else None
 
     async def wait(self, key: str, seconds: float, poll: float = 0.1) -> Item | None:
@@ -271,7 +272,7 @@ class Answers:
     async def give_up(self, key: str, openid: str) -> Item:
         """WeChat's last try is ending: take the answer if it just arrived, else claim the
         request as given up (GAVE_UP), so its answer goes to the outbox."""
-        async with self.locks.hold(f"user:{openid}"):
+        async with self.locks.hold(wx_user_lock(openid)):
             if await self._claim(key, GAVE_UP):
                 await self.busy.start(openid, key)
                 return GAVE_UP

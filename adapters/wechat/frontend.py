@@ -45,6 +45,7 @@ from bot.events import Delivery, Message, Progress
 from bot.payments.wechatpay import WeChatPay
 from bot.settings import Settings
 from bot.store.base import Store
+from bot.store.keys import wx_seen_key, wx_tries_key, wx_user_lock
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class WeChatFrontEnd:
         )
         key = f"{wx.target}:{wx.id}"
         if self.mode == CUSTOMER_SERVICE:
-            if await self.kv.add(f"wx:seen:{key}", "1", ttl=self.dedupe_ttl):
+            if await self.kv.add(wx_seen_key(key), "1", ttl=self.dedupe_ttl):
                 self._spawn(self._customer_service_job(msg))
             return None
         return await self._passive(wx, msg, key)
@@ -192,7 +193,7 @@ class WeChatFrontEnd:
         if wx.event not in ("subscribe", "subscribe_scan"):
             return None
         key = f"{wx.target}:{wx.source}:{wx.time}"
-        if not await self.kv.add(f"wx:seen:{key}", "1", ttl=self.dedupe_ttl):
+        if not await self.kv.add(wx_seen_key(key), "1", ttl=self.dedupe_ttl):
             return None  # a retry: the welcome went out with the first try
         trial = self.settings.wechat_trial_credits
         granted = False
@@ -219,7 +220,7 @@ class WeChatFrontEnd:
     # --- passive mode ----------------------------------------------------------------------
 
     async def _passive(self, wx: BaseMessage, msg: Message, key: str) -> BaseReply | None:
-        tries = await self.kv.incr(f"wx:tries:{key}", ttl=self.dedupe_ttl)
+        tries = await self.kv.incr(wx_tries_key(key), ttl=self.dedupe_ttl)
         if tries == 1:  # the first try starts the work; every try waits for its answer
             self.answers.local.add(key)
             self._spawn(self._passive_job(msg, key))
@@ -261,7 +262,7 @@ class WeChatFrontEnd:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timing.fetch_wait
         while True:
-            async with self.locks.hold(f"user:{openid}"):
+            async with self.locks.hold(wx_user_lock(openid)):
                 item = await self.outbox.pop(openid)
             if item is not None:
                 await self.answers.offer(key, openid, [item])
@@ -287,7 +288,7 @@ class WeChatFrontEnd:
         if self.mode == CUSTOMER_SERVICE:
             await self.customer_service.deliver(delivery.user_id, items)
         else:
-            async with self.locks.hold(f"user:{delivery.user_id}"):
+            async with self.locks.hold(wx_user_lock(delivery.user_id)):
                 await self.outbox.push(delivery.user_id, items)
 
 

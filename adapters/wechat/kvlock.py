@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
 from bot.store.base import Store
+from bot.store.keys import wx_lock_key
 
 
 class LockTimeout(RuntimeError):
@@ -33,7 +34,7 @@ class KvLocks:
             local = asyncio.Lock()
             self._local[name] = local
         async with local:
-            key = f"wx:lock:{name}"
+            key = wx_lock_key(name)
             token = uuid.uuid4().hex
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.wait

@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing.storage.schema import UtcDateTime
 from billing.wallet.base import CAPTURE, CAPTURED, HELD
-from billing.wallet.sql_schema import UtcDateTime, accounts, entries, holds
+from billing.wallet.sql_schema import accounts, entries, holds
 
 _acct = sa.bindparam("p_acct", type_=sa.String())
 _amt = sa.bindparam("p_amt", type_=sa.BigInteger())

@@ -34,11 +34,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from billing.storage.sql_engine import (
+    create_engine,
+    is_sqlite,
+    migrate,
+    retrying,
+    sqlite_file,
+    writer,
+)
+from billing.storage.sqlite_writer import SqliteWriter
 from billing.wallet import sql_lite, sql_pg
 from billing.wallet.base import (
     CAPTURE,
@@ -58,25 +66,20 @@ from billing.wallet.base import (
     InvalidAmount,
     WalletError,
 )
-from billing.wallet.sql_engine import (
-    create_engine,
-    is_sqlite,
-    migrate,
-    retrying,
-    sqlite_file,
-    writer,
-)
 from billing.wallet.sql_schema import accounts, entries, holds
-from billing.wallet.sqlite_writer import SqliteWriter
+from billing.wallet.sql_statements import (
+    HOLD_COLS,
+    LIVE,
+    Statements,
+    entry_from_row,
+    hold_from_row,
+    parse_id,
+)
 
 T = TypeVar("T")
 
 MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
 CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
-# Live holds, spelled as a literal: the sweeper's index is partial on exactly this (0004).
-_LIVE = holds.c.status == sa.literal_column(f"'{HELD}'")
-
-_p = sa.bindparam
 _Retry = sql_lite.Retry
 _Deferred = sql_lite.Deferred
 
@@ -92,60 +95,6 @@ def _check_amount(amount: int, *, zero_ok: bool = False) -> None:
         raise InvalidAmount(f"amount out of range: {amount}")
 
 
-def _parse_id(value: str) -> int | None:
-    """Ids are short decimal strings (an operator types them); anything else matches nothing."""
-    value = str(value).strip()
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
-        return None
-    return int(value)
-
-
-def _entry(row: Row[Any]) -> Entry:
-    m = row._mapping
-    return Entry(
-        id=str(m["id"]),
-        account=m["account"],
-        kind=m["kind"],
-        amount=m["amount"],
-        key=m["key"],
-        reason=m["reason"],
-        created_at=m["created_at"],
-        ref=m["ref"],
-        meta=dict(m["meta"] or {}),
-    )
-
-
-def _hold(row: Row[Any], entry_id: Any = None) -> Hold:
-    m = row._mapping
-    if entry_id is None and "entry_id" in m:
-        entry_id = m["entry_id"]
-    return Hold(
-        id=str(m["id"]),
-        account=m["account"],
-        amount=m["amount"],
-        key=m["key"],
-        status=m["status"],
-        created_at=m["created_at"],
-        expires_at=m["expires_at"],
-        captured=m["captured"],
-        entry_id=None if entry_id is None else str(entry_id),
-    )
-
-
-_HOLD_COLS = [c for c in holds.c if c.name not in ("closed_at", "reason")]
-_capture_entry = entries.alias("capture_entry")
-# A hold with the id of its capture entry (found through the capture's derived key).
-_HOLD_SELECT = sa.select(*_HOLD_COLS, _capture_entry.c.id.label("entry_id")).select_from(
-    holds.outerjoin(
-        _capture_entry,
-        sa.and_(
-            _capture_entry.c.account == holds.c.account,
-            _capture_entry.c.key == sa.literal(CAPTURE_KEY_PREFIX) + holds.c.key,
-        ),
-    )
-)
-
-
 class SqlWallet:
     """Wallet protocol on SQLite or PostgreSQL (see module docstring for how it stays exact)."""
 
@@ -159,7 +108,7 @@ class SqlWallet:
             else None
         )
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
-        self._build_statements()
+        self._sql = Statements(self._sqlite)
         # PostgreSQL: the fast path's own connections, half the pool's size (4 by default).
         # Few is better: calls that find them all busy go together as one statement.
         self._fast = (
@@ -186,102 +135,6 @@ class SqlWallet:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
-
-    # -- prepared statements ---------------------------------------------------------------
-
-    def _build_statements(self) -> None:
-        insert = sqlite.insert if self._sqlite else postgresql.insert
-        self._pg_hold = None if self._sqlite else sql_pg.hold_statement()
-        self._pg_capture = None if self._sqlite else sql_pg.capture_statement(CAPTURE_KEY_PREFIX)
-        self._fast_capture = sql_pg.fast_capture(CAPTURE_KEY_PREFIX)
-        self._lock_account = (
-            sa.select(accounts.c.id).where(accounts.c.id == _p("p_acct")).with_for_update()
-        )
-        self._ins_entry = (
-            insert(entries)
-            .on_conflict_do_nothing(index_elements=["account", "key"])
-            .returning(entries.c.id)
-        )
-        self._ins_entry_plain = sa.insert(entries).returning(entries.c.id)
-        self._entry_by_key = (
-            sa.select(entries)
-            .where(entries.c.account == _p("p_acct"))
-            .where(entries.c.key == _p("p_key"))
-        )
-        self._hold_key_used = (
-            sa.select(holds.c.id)
-            .where(holds.c.account == _p("p_acct"))
-            .where(holds.c.key == _p("p_key"))
-        )
-        self._entry_key_used = (
-            sa.select(entries.c.id)
-            .where(entries.c.account == _p("p_acct"))
-            .where(entries.c.key == _p("p_key"))
-        )
-        self._entry_by_id = sa.select(entries).where(entries.c.id == _p("p_id"))
-        stmt = insert(accounts).values(id=_p("p_acct"), total=_p("p_amt"), held=0)
-        self._credit_account = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"total": accounts.c.total + stmt.excluded.total}
-        )
-        self._debit_account = (
-            sa.update(accounts)
-            .where(accounts.c.id == _p("p_acct"))
-            .where(accounts.c.total - accounts.c.held >= _p("p_amt"))
-            .values(total=accounts.c.total - _p("p_amt"))
-        )
-        self._reserve = (
-            sa.update(accounts)
-            .where(accounts.c.id == _p("p_acct"))
-            .where(accounts.c.total - accounts.c.held >= _p("p_amt"))
-            .values(held=accounts.c.held + _p("p_amt"))
-        )
-        self._release = (
-            sa.update(accounts)
-            .where(accounts.c.id == _p("p_acct"))
-            .values(held=accounts.c.held - _p("p_held"), total=accounts.c.total - _p("p_spent"))
-        )
-        self._available = sa.select(accounts.c.total - accounts.c.held).where(
-            accounts.c.id == _p("p_acct")
-        )
-        self._balance = sa.select(accounts.c.total, accounts.c.held).where(
-            accounts.c.id == _p("p_acct")
-        )
-        self._ins_hold = (
-            insert(holds)
-            .on_conflict_do_nothing(index_elements=["account", "key"])
-            .returning(holds.c.id)
-        )
-        self._hold_by_key = _HOLD_SELECT.where(holds.c.account == _p("p_acct")).where(
-            holds.c.key == _p("p_key")
-        )
-        self._hold_by_id = _HOLD_SELECT.where(holds.c.id == _p("p_id"))
-        self._capture_hold = (
-            sa.update(holds)
-            .where(holds.c.id == _p("p_id"))
-            .where(holds.c.status == HELD)
-            .where(holds.c.expires_at > _p("p_now"))
-            .where(holds.c.amount >= _p("p_amt"))
-            .values(status=CAPTURED, captured=_p("p_amt"), closed_at=_p("p_now"))
-            .returning(holds.c.account, holds.c.amount, holds.c.key)
-        )
-        self._close_hold = (
-            sa.update(holds)
-            .where(holds.c.id == _p("p_id"))
-            .where(holds.c.status == HELD)
-            .values(
-                status=sa.case((holds.c.expires_at <= _p("p_now"), EXPIRED), else_=VOIDED),
-                closed_at=_p("p_now"),
-                reason=_p("p_reason"),
-            )
-            .returning(*_HOLD_COLS)
-        )
-        self._expire_due = (
-            sa.update(holds)
-            .where(_LIVE)  # a literal, so the planner can use the live-holds partial index
-            .where(holds.c.expires_at <= _p("p_now"))
-            .values(status=EXPIRED, closed_at=_p("p_now"), reason="expired")
-            .returning(holds.c.account, holds.c.amount)
-        )
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -315,7 +168,7 @@ class SqlWallet:
         return await retrying(once)
 
     def _insufficient(self, conn: Connection, account: str, amount: int) -> NoReturn:
-        available = conn.execute(self._available, {"p_acct": account}).scalar()
+        available = conn.execute(self._sql.available, {"p_acct": account}).scalar()
         raise InsufficientCredits(account, amount, int(available or 0))
 
     # -- money -----------------------------------------------------------------------------
@@ -371,18 +224,18 @@ class SqlWallet:
                 "meta": meta or None,
                 "created_at": now,
             }
-            new_id = (conn.execute(self._ins_entry, row)).scalar()
+            new_id = (conn.execute(self._sql.ins_entry, row)).scalar()
             params = {"p_acct": account, "p_amt": amount, "p_key": key}
             if new_id is None:  # a replay: the first result stands if it is the same operation
-                first = _entry((conn.execute(self._entry_by_key, params)).one())
+                first = entry_from_row((conn.execute(self._sql.entry_by_key, params)).one())
                 if first.kind != kind or first.amount != signed:
                     raise IdempotencyConflict(account, key, first)
                 return first
-            if conn.execute(self._hold_key_used, params).first() is not None:
+            if conn.execute(self._sql.hold_key_used, params).first() is not None:
                 raise IdempotencyConflict(account, key)  # rolls the new entry back
             if kind == CREDIT:
-                conn.execute(self._credit_account, params)
-            elif (conn.execute(self._debit_account, params)).rowcount != 1:
+                conn.execute(self._sql.credit_account, params)
+            elif (conn.execute(self._sql.debit_account, params)).rowcount != 1:
                 self._insufficient(conn, account, amount)
             return Entry(
                 id=str(new_id),
@@ -413,7 +266,7 @@ class SqlWallet:
 
         def tx(conn: Connection) -> Hold:
             now = datetime.now(UTC)
-            if self._pg_hold is not None:
+            if self._sql.pg_hold is not None:
                 params = {
                     "p_acct": account,
                     "p_amt": amount,
@@ -423,8 +276,8 @@ class SqlWallet:
                 }
                 # The account's row first, as the fast statements take it (reserve, then
                 # insert): a hold racing a replay of itself on the other path cannot deadlock.
-                conn.execute(self._lock_account, {"p_acct": account})
-                new_id, ok = conn.execute(self._pg_hold, params).one()
+                conn.execute(self._sql.lock_account, {"p_acct": account})
+                new_id, ok = conn.execute(self._sql.pg_hold, params).one()
                 if new_id is None:
                     return self._hold_replay(conn, account, amount, key)
                 if ok is None:
@@ -440,10 +293,10 @@ class SqlWallet:
                 "created_at": now,
                 "expires_at": now + span,
             }
-            new_id = (conn.execute(self._ins_hold, row)).scalar()
+            new_id = (conn.execute(self._sql.ins_hold, row)).scalar()
             if new_id is None:  # a replay: the hold as it stands now
                 return self._hold_replay(conn, account, amount, key)
-            reserved = conn.execute(self._reserve, {"p_acct": account, "p_amt": amount})
+            reserved = conn.execute(self._sql.reserve, {"p_acct": account, "p_amt": amount})
             if reserved.rowcount != 1:
                 self._insufficient(conn, account, amount)
             self._check_entry_key(conn, account, key)
@@ -461,14 +314,16 @@ class SqlWallet:
 
     def _hold_replay(self, conn: Connection, account: str, amount: int, key: str) -> Hold:
         """The hold the key already names on this account, if it was for the same amount."""
-        first = _hold((conn.execute(self._hold_by_key, {"p_acct": account, "p_key": key})).one())
+        first = hold_from_row(
+            (conn.execute(self._sql.hold_by_key, {"p_acct": account, "p_key": key})).one()
+        )
         if first.amount != amount:
             raise IdempotencyConflict(account, key, first)
         return first
 
     def _check_entry_key(self, conn: Connection, account: str, key: str) -> None:
         """A new hold may not take a key a ledger entry of the account already uses."""
-        if conn.execute(self._entry_key_used, {"p_acct": account, "p_key": key}).first():
+        if conn.execute(self._sql.entry_key_used, {"p_acct": account, "p_key": key}).first():
             raise IdempotencyConflict(account, key)  # rolls the new hold back
 
     async def capture(
@@ -480,7 +335,7 @@ class SqlWallet:
         meta: dict[str, Any] | None = None,
     ) -> Entry:
         _check_amount(amount, zero_ok=True)
-        hid = _parse_id(hold_id)
+        hid = parse_id(hold_id)
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
         meta = dict(meta or {})
@@ -508,7 +363,7 @@ class SqlWallet:
 
         def tx(conn: Connection) -> Entry | _Deferred:
             now = datetime.now(UTC)
-            if self._pg_capture is not None:
+            if self._sql.pg_capture is not None:
                 params = {
                     "p_id": hid,
                     "p_now": now,
@@ -518,7 +373,7 @@ class SqlWallet:
                     "p_meta": meta or None,
                 }
                 try:
-                    got = conn.execute(self._pg_capture, params).first()
+                    got = conn.execute(self._sql.pg_capture, params).first()
                 except IntegrityError as exc:  # the account's ledger already uses capture:KEY
                     raise _CaptureKeyUsed from exc  # named after the rollback
                 if got is None:
@@ -535,12 +390,12 @@ class SqlWallet:
                     meta=meta,
                 )
             done = (
-                conn.execute(self._capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
+                conn.execute(self._sql.capture_hold, {"p_id": hid, "p_now": now, "p_amt": amount})
             ).first()
             if done is None:
                 return self._refuse_capture(conn, hid, amount, now)
             account, held, hkey = done
-            conn.execute(self._release, {"p_acct": account, "p_held": held, "p_spent": amount})
+            conn.execute(self._sql.release, {"p_acct": account, "p_held": held, "p_spent": amount})
             row = {
                 "account": account,
                 "kind": CAPTURE,
@@ -552,7 +407,7 @@ class SqlWallet:
                 "created_at": now,
             }
             try:
-                new_id = (conn.execute(self._ins_entry_plain, row)).scalar_one()
+                new_id = (conn.execute(self._sql.ins_entry_plain, row)).scalar_one()
             except IntegrityError as exc:
                 raise IdempotencyConflict(account, row["key"]) from exc
             return Entry(
@@ -580,13 +435,13 @@ class SqlWallet:
         self, conn: Connection, hid: int, amount: int, now: datetime
     ) -> Entry | _Deferred:
         """Why the capture did not happen: replay, closed, expired, or too large."""
-        found = (conn.execute(self._hold_by_id, {"p_id": hid})).first()
+        found = (conn.execute(self._sql.hold_by_id, {"p_id": hid})).first()
         if found is None:
             raise HoldNotFound(f"no hold {hid}")
-        h = _hold(found)
+        h = hold_from_row(found)
         if h.status == CAPTURED:
             params = {"p_acct": h.account, "p_key": CAPTURE_KEY_PREFIX + h.key}
-            return _entry((conn.execute(self._entry_by_key, params)).one())
+            return entry_from_row((conn.execute(self._sql.entry_by_key, params)).one())
         if h.status != HELD:
             raise HoldNotActive(h.id, h.status)
         if h.expires_at <= now:
@@ -599,15 +454,15 @@ class SqlWallet:
     def _close(self, conn: Connection, hid: int, now: datetime, reason: str) -> Hold | None:
         """Release a held hold (voided, or expired if its time is up); None if not held."""
         params = {"p_id": hid, "p_now": now, "p_reason": reason}
-        row = (conn.execute(self._close_hold, params)).first()
+        row = (conn.execute(self._sql.close_hold, params)).first()
         if row is None:
             return None
-        h = _hold(row)
-        conn.execute(self._release, {"p_acct": h.account, "p_held": h.amount, "p_spent": 0})
+        h = hold_from_row(row)
+        conn.execute(self._sql.release, {"p_acct": h.account, "p_held": h.amount, "p_spent": 0})
         return h
 
     async def void(self, hold_id: str, reason: str = "") -> Hold:
-        hid = _parse_id(hold_id)
+        hid = parse_id(hold_id)
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
 
@@ -615,10 +470,10 @@ class SqlWallet:
             now = datetime.now(UTC)
             h = self._close(conn, hid, now, reason or "void")
             if h is None:
-                found = (conn.execute(self._hold_by_id, {"p_id": hid})).first()
+                found = (conn.execute(self._sql.hold_by_id, {"p_id": hid})).first()
                 if found is None:
                     raise HoldNotFound(f"no hold {hid}")
-                h = _hold(found)
+                h = hold_from_row(found)
                 if h.status == VOIDED:
                     return h
                 raise HoldNotActive(h.id, h.status)
@@ -635,13 +490,13 @@ class SqlWallet:
         at = now or datetime.now(UTC)
 
         def tx(conn: Connection) -> int:
-            rows = (conn.execute(self._expire_due, {"p_now": at})).all()
+            rows = (conn.execute(self._sql.expire_due, {"p_now": at})).all()
             per_account: dict[str, int] = {}
             for account, amount in rows:
                 per_account[account] = per_account.get(account, 0) + amount
             if per_account:
                 conn.execute(
-                    self._release,
+                    self._sql.release,
                     [
                         {"p_acct": acct, "p_held": held, "p_spent": 0}
                         for acct, held in sorted(per_account.items())
@@ -654,21 +509,21 @@ class SqlWallet:
     # -- reading ---------------------------------------------------------------------------
 
     async def get_hold(self, hold_id: str) -> Hold:
-        hid = _parse_id(hold_id)
+        hid = parse_id(hold_id)
         if hid is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
 
         async def q(conn: AsyncConnection) -> Row[Any] | None:
-            return (await conn.execute(self._hold_by_id, {"p_id": hid})).first()
+            return (await conn.execute(self._sql.hold_by_id, {"p_id": hid})).first()
 
         row = await self._read(q)
         if row is None:
             raise HoldNotFound(f"no hold {hold_id!r}")
-        return _hold(row)
+        return hold_from_row(row)
 
     async def balance(self, account: str) -> Balance:
         async def q(conn: AsyncConnection) -> Row[Any] | None:
-            return (await conn.execute(self._balance, {"p_acct": account})).first()
+            return (await conn.execute(self._sql.balance, {"p_acct": account})).first()
 
         row = await self._read(q)
         if row is None:
@@ -686,18 +541,18 @@ class SqlWallet:
         async def q(conn: AsyncConnection) -> Sequence[Row[Any]]:
             return (await conn.execute(stmt)).all()
 
-        return [_entry(r) for r in await self._read(q)]
+        return [entry_from_row(r) for r in await self._read(q)]
 
     async def get_entry(self, entry_id: str) -> Entry | None:
-        eid = _parse_id(entry_id)
+        eid = parse_id(entry_id)
         if eid is None:
             return None
 
         async def q(conn: AsyncConnection) -> Row[Any] | None:
-            return (await conn.execute(self._entry_by_id, {"p_id": eid})).first()
+            return (await conn.execute(self._sql.entry_by_id, {"p_id": eid})).first()
 
         row = await self._read(q)
-        return None if row is None else _entry(row)
+        return None if row is None else entry_from_row(row)
 
     async def accounts(self) -> list[str]:
         async def q(conn: AsyncConnection) -> list[str]:
@@ -708,12 +563,12 @@ class SqlWallet:
         return await self._read(q)
 
     async def open_holds(self) -> list[Hold]:
-        stmt = sa.select(*_HOLD_COLS).where(_LIVE).order_by(holds.c.id)
+        stmt = sa.select(*HOLD_COLS).where(LIVE).order_by(holds.c.id)
 
         async def q(conn: AsyncConnection) -> Sequence[Row[Any]]:
             return (await conn.execute(stmt)).all()
 
-        return [_hold(r) for r in await self._read(q)]
+        return [hold_from_row(r) for r in await self._read(q)]
 
     async def close(self) -> None:
         """Close what the wallet opened; closing again does nothing (the SQLite writer may be

@@ -23,6 +23,7 @@ from bot import codes
 from bot.cli.admin_common import all_entries, bank_command
 from bot.settings import get_settings
 from bot.store.base import Store
+from bot.store.keys import code_done_key
 
 
 async def find_problems(
@@ -64,7 +65,7 @@ async def find_problems(
     unfinished = 0
     if store is not None:
         for info in await codes.list_codes(store, now=now):
-            if info.status == "used" and not await store.get(f"code:done:{info.hash}"):
+            if info.status == "used" and not await store.get(code_done_key(info.hash)):
                 unfinished += 1
                 problems.append(
                     f"code {info.id} was claimed by {info.used_by} but not credited yet "

@@ -22,16 +22,12 @@ import uuid
 
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import CAPTURE, Entry, Wallet
-from bot.accounts import NAMES, Accounts, name_key, remember_name
+from bot.accounts import Accounts, remember_name
 from bot.cli.admin_common import Refused, bank_command
 from bot.store.base import Store
+from bot.store.keys import NAMES, credit_account_key, name_key, refund_key
 
 __all__ = ["register_admin", "remember_name"]
-
-
-def refund_key(entry_id: str) -> str:
-    """The wallet key of the one making-good of an entry (the in-chat /refund uses it too)."""
-    return f"refund:{entry_id}"
 
 
 def register_admin(admin: argparse._SubParsersAction) -> None:
@@ -122,7 +118,7 @@ async def _grant(wallet: Wallet, store: Store, args: argparse.Namespace) -> int:
         key,
         args.reason.strip() or "grant",
         meta={"by": "admin-cli"},
-        pin=f"creditacct:{key}",
+        pin=credit_account_key(key),
     )
     account = await accounts.moved_to(entry.account) or entry.account
     b = await wallet.balance(account)

@@ -29,6 +29,7 @@ from typing import Any
 
 from billing.wallet.base import CREDIT, DEBIT, Entry, IdempotencyConflict, InsufficientCredits
 from bot.accounts import MAX_HOPS, Accounts
+from bot.store import keys
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -56,21 +57,26 @@ class Provider:
         return f"{self.paid_prefix}{payment_id}"
 
 
-# --- store keys of payments (every key string of bot/payments is here) ------------------------
+# --- store keys of payments (named in bot/store/keys.py) ---------------------------------------
 
 # Telegram Stars: a charge paid but maybe not yet credited, until its credit is confirmed.
-STARS = Provider(name="tgstars", open_set="tgstars:pending", record_prefix="tgstars:pending:")
-STARS_RECEIPT = "tgstars:receipt:"  # + charge id: the payer was sent the receipt
+STARS = Provider(
+    name="tgstars", open_set=keys.STARS_PENDING, record_prefix=keys.STARS_PENDING_PREFIX
+)
+STARS_RECEIPT = keys.STARS_RECEIPT_PREFIX  # + charge id: the payer was sent the receipt
 # WeChat Pay: the order (kept), its paid marker, and the orders not yet paid or expired.
 WECHAT_PAY = Provider(
-    name="wxpay", open_set="wxpay:open", record_prefix="wxpay:order:", paid_prefix="wxpay:paid:"
+    name="wxpay",
+    open_set=keys.WXPAY_OPEN,
+    record_prefix=keys.WXPAY_ORDER_PREFIX,
+    paid_prefix=keys.WXPAY_PAID_PREFIX,
 )
-WECHAT_PAY_NOT_FOUND = "wxpay:notfound:"  # + out_trade_no: WeChat Pay first said "no such order"
+WECHAT_PAY_NOT_FOUND = keys.WXPAY_NOT_FOUND_PREFIX  # + out_trade_no: "no such order" first seen
 # Written by Accounts.credit_payment for every payment key; read here to reverse one.
-PAY_ENTRY = "pay:"  # + payment key: the id of the ledger entry that credited it
-PAY_ACCOUNT = "payacct:"  # + payment key: the account it was credited to
-REVERSE_ACCOUNT = "reverseacct:"  # + payment key: the account its reversal takes from (pinned)
-REVERSAL = "reverse:"  # + payment key: the wallet idempotency key of its reversal
+PAY_ENTRY = keys.PAY_ENTRY_PREFIX  # + payment key: the id of the ledger entry that credited it
+PAY_ACCOUNT = keys.PAY_ACCOUNT_PREFIX  # + payment key: the account it was credited to
+REVERSE_ACCOUNT = keys.REVERSE_ACCOUNT_PREFIX  # + payment key: where its reversal takes from
+REVERSAL = "reverse:"  # + payment key: the wallet idempotency key of its reversal (not a store key)
 
 # --------------------------------------------------------------------------------------------
 

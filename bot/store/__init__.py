@@ -30,6 +30,6 @@ async def open_store(url: str) -> Store:
 
 def _in_memory(url: str) -> bool:
     """A sqlite URL without a file: one connection of SqlStore's own, not SqliteStore's."""
-    from billing.wallet.sql_engine import _sqlite_options, normalize_url
+    from billing.storage.sql_engine import normalize_url, sqlite_options
 
-    return _sqlite_options(normalize_url(url))[2]
+    return sqlite_options(normalize_url(url))[2]

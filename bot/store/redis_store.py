@@ -7,7 +7,7 @@ a Lua script does the same for `delete_if`.
 Commands are auto-pipelined (see `AutoPipeline`): calls made while others are on the wire go
 out together, each still atomic and in order, so results are the same and the cost is lower.
 They are sent as plain `execute_command` calls (no redis-py command method to build each) and
-packed by hiredis where it is installed (`billing.wallet.redis_wallet.hiredis_packed`).
+packed by hiredis where it is installed (`billing.storage.redis_client.hiredis_packed`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from billing.wallet.redis_wallet import AutoPipeline, connect
+from billing.storage.redis_client import AutoPipeline, connect
 from bot.store.base import Op, OpStore, run_in_order
 
 KV_PREFIX = "creditbot:kv:"

@@ -5,7 +5,8 @@ Each call is one statement, so it is atomic across processes without row locks:
   RETURNING key`: a returned row means this call set the key;
 - `incr` is an upsert that adds one to a live row or starts an expired one again at 1.
 Expiry is milliseconds since the epoch; an expired row reads as absent and is purged now and
-then. Tables come from Alembic revision 0002, run by the same `migrate` as the wallet's.
+then. Tables come from Alembic revision 0002 (`billing.storage.schema` mirrors them), run by
+the same `migrate` as the wallet's.
 """
 
 from __future__ import annotations
@@ -20,25 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from billing.wallet.sql_engine import create_engine, is_sqlite, migrate, retrying, writer
+from billing.storage.schema import kv, kv_sets
+from billing.storage.sql_engine import create_engine, is_sqlite, migrate, retrying, writer
 from bot.store.base import Op, run_in_order
 
 T = TypeVar("T")
-
-_meta = sa.MetaData()
-kv = sa.Table(
-    "bot_kv",
-    _meta,
-    sa.Column("key", sa.String(), primary_key=True),
-    sa.Column("value", sa.Text(), nullable=False),
-    sa.Column("expires_at", sa.BigInteger(), nullable=True),
-)
-kv_sets = sa.Table(
-    "bot_kv_sets",
-    _meta,
-    sa.Column("name", sa.String(), primary_key=True),
-    sa.Column("member", sa.String(), primary_key=True),
-)
 
 _PURGE_EVERY = 1000  # writes between two purges of expired rows
 

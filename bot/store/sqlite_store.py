@@ -4,7 +4,7 @@ The same tables and the same single-statement semantics as `SqlStore` (`add` is 
 that only overwrites an expired row, with RETURNING; `incr` one upsert), so every guarantee
 that rests on SQLite's locking holds across processes unchanged. What differs is the cost:
 each call is a short function queued for the group-commit writer
-(`billing.wallet.sqlite_writer.SqliteWriter.shared`: one thread and connection per file and
+(`billing.storage.sqlite_writer.SqliteWriter.shared`: one thread and connection per file and
 process, shared with the wallet when both live in the same file, as by default), which
 runs whatever has queued up meanwhile inside one BEGIN IMMEDIATE ... COMMIT (reads alone need no
 transaction). One thread hand-off and one commit serve a whole batch, and the statements are
@@ -28,17 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from billing.wallet.sql_engine import (
-    _sqlite_options,
-    create_engine,
-    migrate,
-    normalize_url,
-)
-from billing.wallet.sqlite_writer import SqliteWriter, is_transient
+from billing.storage.sql_engine import create_engine, migrate, normalize_url, sqlite_options
+from billing.storage.sqlite_writer import SqliteWriter, is_transient
 from bot.store.base import Op, OpStore
+from bot.store.keys import RELAXED_PREFIXES
 
 PURGE_EVERY = 1000  # writes between two purges of expired rows
-RELAXED_PREFIXES = ("seen:", "inflight:", "conv:")
 
 _Op = Callable[[sqlite3.Cursor, int], Any]  # (cursor, now in ms) -> result
 
@@ -90,7 +85,7 @@ class SqliteStore(OpStore):
     @classmethod
     async def open(cls, url: str) -> SqliteStore:
         """Migrate the database at `url` (Alembic, as for the wallet), then open it plainly."""
-        u, sync, memory = _sqlite_options(normalize_url(url))
+        u, sync, memory = sqlite_options(normalize_url(url))
         if memory:
             raise ValueError("SqliteStore needs a file; use SqlStore for :memory:")
         engine = create_engine(url)

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import billing
-from billing.wallet.sql_engine import PAGE_SIZE
+from billing.storage.sql_engine import PAGE_SIZE
 
 
 def _page_size(path: Path) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.wallet.sqlite_writer import SqliteWriter
+from billing.storage.sqlite_writer import SqliteWriter
 
 
 @pytest.fixture

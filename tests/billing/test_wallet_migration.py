@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection
 
 import billing
 from billing import Balance
-from billing.migrations import upgrade
-from billing.wallet.sql_engine import create_engine, writer
+from billing.storage.migrations import upgrade
+from billing.storage.sql_engine import create_engine, writer
 from billing.wallet.sql_schema import accounts, entries, holds
 
 

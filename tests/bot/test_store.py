@@ -250,11 +250,11 @@ def test_hiredis_packs_the_same_bytes_as_redis_py() -> None:
     """The Redis store packs commands with hiredis: byte for byte what redis-py would send."""
     from redis.asyncio.connection import Connection
 
-    from billing.wallet import redis_wallet
+    from billing.storage import redis_client
 
-    if not redis_wallet.HIREDIS_AVAILABLE:
+    if not redis_client.HIREDIS_AVAILABLE:
         pytest.skip("hiredis is not installed")
-    packed = redis_wallet.hiredis_packed(Connection)(decode_responses=True)
+    packed = redis_client.hiredis_packed(Connection)(decode_responses=True)
     plain = Connection(decode_responses=True)
     big = "\u4f60\u597d, \u00e9t\u00e9 \U0001f600 " * 2000  # past redis-py's 6,000-byte chunking
     commands = [
@@ -273,12 +273,12 @@ def test_hiredis_packs_the_same_bytes_as_redis_py() -> None:
 
 
 async def test_the_redis_store_and_wallet_connect_with_hiredis_packing(redis_url: str) -> None:
-    from billing.wallet import redis_wallet
+    from billing.storage import redis_client
 
     wallet = await billing.open_wallet(redis_url)
     try:
         cls = wallet._redis.connection_pool.connection_class  # type: ignore[attr-defined]
-        assert cls.__name__.startswith("HiredisPacked") == redis_wallet.HIREDIS_AVAILABLE
+        assert cls.__name__.startswith("HiredisPacked") == redis_client.HIREDIS_AVAILABLE
         await wallet.credit("a", 5_000, "fund", "t")
         hold = await wallet.hold("a", 1_000, "h", 60)
         assert (await wallet.capture(hold.id, 400)).amount == -400
@@ -288,7 +288,7 @@ async def test_the_redis_store_and_wallet_connect_with_hiredis_packing(redis_url
     try:
         connection_class = store._redis.connection_pool.connection_class  # type: ignore[attr-defined]
         packs_in_c = connection_class.__name__.startswith("HiredisPacked")
-        assert packs_in_c == redis_wallet.HIREDIS_AVAILABLE
+        assert packs_in_c == redis_client.HIREDIS_AVAILABLE
         assert await store.batch([("add", "k", "v", 60), ("get_many", ["k", "none"])]) == [
             True,
             ["v", None],

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from billing.wallet.base import Wallet
-from bot.accounts import UNSETTLED, Accounts, LinkError
+from bot.accounts import Accounts, LinkError
 from bot.codes import CodeError, create_codes, redeem_code
+from bot.store.keys import UNSETTLED
 from tests.business.conftest import Bank
 
 PAYMENT = 500_000

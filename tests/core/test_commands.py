@@ -340,8 +340,8 @@ async def test_a_trial_interrupted_before_its_credit_is_granted_on_the_next_try(
 
 
 async def test_names_are_recorded_for_admin_find_and_deliver_reaches_the_sink(core: Core) -> None:
-    from bot.accounts import NAMES, name_key
     from bot.events import Delivery
+    from bot.store.keys import NAMES, name_key
 
     await ask(core, "/help", user_name="Alice Zhang")
     assert await core.kv.get(name_key("telegram:u1")) == "Alice Zhang"

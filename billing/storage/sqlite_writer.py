@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from billing.wallet.sql_engine import BUSY_TIMEOUT_MS
+from billing.storage.sql_engine import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
 

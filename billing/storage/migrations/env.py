@@ -1,9 +1,9 @@
 """Alembic environment: runs on the connection the application hands over.
 
 Generic on purpose: every revision in versions/ runs in order, whoever wrote it. Called either
-through `billing.migrations.upgrade(connection)` (the normal way, on wallet/store open) or from
-the `alembic` command line with `-x url=...` / `sqlalchemy.url`, in which case it opens the
-database itself (async URLs are run through `run_sync`).
+through `billing.storage.migrations.upgrade(connection)` (the normal way, on wallet/store open)
+or from the `alembic` command line with `-x url=...` / `sqlalchemy.url`, in which case it opens
+the database itself (async URLs are run through `run_sync`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _run(connection: Connection) -> None:
 
 
 def _run_standalone(url: str) -> None:
-    from billing.wallet.sql_engine import create_engine, migrate
+    from billing.storage.sql_engine import create_engine, migrate
 
     async def go() -> None:
         engine = create_engine(url)

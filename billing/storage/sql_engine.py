@@ -1,7 +1,7 @@
 """Opening a SQL database the way every creditbot SQL store needs it, and migrating it.
 
 One place knows the URL forms, SQLite's settings and how migrations run, so the wallet and the
-bot's key-value store (same database) behave alike.
+bot's key-value store (same database) behave alike. Nothing here knows what the tables hold.
 
 SQLite settings, per connection: WAL journal (readers never block the writer), synchronous=FULL
 (a committed charge or top-up survives a power cut; override with `?synchronous=NORMAL` in the
@@ -68,8 +68,12 @@ def create_engine(url: str | URL) -> AsyncEngine:
     )
 
 
-def _sqlite_options(u: URL) -> tuple[URL, str, bool]:
-    """Split our own URL options off; create the database's directory."""
+def sqlite_options(u: URL) -> tuple[URL, str, bool]:
+    """(URL without our options, synchronous level, in memory?) of a normalized SQLite URL.
+
+    Splits our own URL options off (`?synchronous=`) and creates the database's directory, so
+    every opener of the file (engine, writer thread, the bot's store) reads the URL alike.
+    """
     query = dict(u.query)
     sync = str(query.pop("synchronous", "FULL")).upper()
     if sync not in SYNCHRONOUS:
@@ -102,7 +106,7 @@ def _sqlite_events(engine: Engine, sync: str, memory: bool) -> None:
 
 
 def _sqlite_engine(u: URL) -> AsyncEngine:
-    u, sync, memory = _sqlite_options(u)
+    u, sync, memory = sqlite_options(u)
     kwargs: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000}}
     if memory:
         kwargs["poolclass"] = pool.StaticPool
@@ -114,13 +118,13 @@ def _sqlite_engine(u: URL) -> AsyncEngine:
 
 
 def sqlite_file(url: str | URL) -> tuple[str, str] | None:
-    """(path, synchronous) of a SQLite file for the wallet's writer thread; None for :memory:.
+    """(path, synchronous) of a SQLite file for a writer thread (`SqliteWriter`); None for :memory:.
 
     Each aiosqlite statement is several hand-offs to its thread; running a whole write
     transaction on one thread of our own, in plain sqlite3, costs one hand-off and no
     SQLAlchemy statement building.
     """
-    u, sync, memory = _sqlite_options(normalize_url(url))
+    u, sync, memory = sqlite_options(normalize_url(url))
     if memory:
         return None
     return str(Path(str(u.database)).expanduser()), sync
@@ -167,7 +171,7 @@ async def migrate(engine: AsyncEngine) -> None:
     migration runs inside BEGIN IMMEDIATE, so only one process writes the schema while the
     others wait (busy_timeout) and then find it already at head.
     """
-    from billing.migrations import upgrade
+    from billing.storage.migrations import upgrade
 
     def run(sync_conn: Connection) -> None:
         if sync_conn.dialect.name == "postgresql":

@@ -1,7 +1,7 @@
 """Alembic migrations for every SQL table creditbot keeps (wallet "0001", bot store "0002", ...).
 
 `upgrade(connection)` brings a database to head from inside a caller's transaction, so an
-application can migrate on start without an alembic.ini: see `billing.wallet.sql_engine.migrate`.
+application can migrate on start without an alembic.ini: see `billing.storage.sql_engine.migrate`.
 """
 
 from __future__ import annotations
