@@ -15,6 +15,7 @@ COPY pyproject.toml README.md ./
 COPY billing ./billing
 COPY bot ./bot
 COPY adapters ./adapters
+COPY cli ./cli
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install .

@@ -1,7 +1,7 @@
-"""`python -m bot` is the same as the `creditbot` command."""
+"""`python -m cli` is the same as the `creditbot` command."""
 
 import sys
 
-from bot.cli import main
+from cli import main
 
 sys.exit(main())

@@ -18,10 +18,10 @@ import argparse
 from billing.money import format_credits
 from billing.wallet.base import Wallet
 from bot.accounts import Accounts
-from bot.cli.admin_common import Refused, bank_command
 from bot.payments import NotifyRejected, PayConfig, PaymentError, WeChatPay, format_fen
 from bot.settings import get_settings
 from bot.store.base import Store
+from cli.admin_common import Refused, bank_command
 
 
 def register_admin(admin: argparse._SubParsersAction) -> None:

@@ -23,8 +23,8 @@ import uuid
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import CAPTURE, Entry, Wallet
 from bot.accounts import NAMES, Accounts, name_key, remember_name
-from bot.cli.admin_common import Refused, bank_command
 from bot.store.base import Store
+from cli.admin_common import Refused, bank_command
 
 __all__ = ["register_admin", "remember_name"]
 

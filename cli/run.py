@@ -1,4 +1,4 @@
-"""`creditbot chat` and `creditbot run`, registered through the `creditbot.commands` entry point."""
+"""`creditbot chat` and `creditbot run`: the console chat, or every configured front end."""
 
 from __future__ import annotations
 

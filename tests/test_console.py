@@ -24,7 +24,7 @@ def clean_env() -> dict[str, str]:
 
 def run(args: list[str], stdin: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
+        [sys.executable, "-m", "cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -71,7 +71,7 @@ def test_ctrl_c_stops_a_reply_and_bills_what_was_shown(tmp_path: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the console on a terminal
         os.chdir(tmp_path)
-        os.execve(sys.executable, [sys.executable, "-m", "bot", "chat"], clean_env())
+        os.execve(sys.executable, [sys.executable, "-m", "cli", "chat"], clean_env())
     seen = ""
 
     def wait_for(marker: str, after: int = 0, timeout: float = 30) -> int:
