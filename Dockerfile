@@ -16,6 +16,7 @@ COPY billing ./billing
 COPY bot ./bot
 COPY adapters ./adapters
 COPY cli ./cli
+COPY simulator ./simulator
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install .

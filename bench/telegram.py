@@ -31,7 +31,7 @@ from bot import runtime  # the product's event loop (uvloop where installed)
 from bot.core import Core
 from bot.events import FinalText, Message, TextDelta
 from bot.settings import Settings
-from bot.simulator import start_simulator
+from simulator import start_simulator
 from tests import services
 from tests.telegram import updates as u
 from tests.telegram.fake_api import TOKEN, FakeBotAPI

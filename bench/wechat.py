@@ -150,7 +150,7 @@ async def run(
     from billing.money import MILLI_PER_CREDIT
     from bot.core import Core
     from bot.settings import Settings
-    from bot.simulator import start_simulator
+    from simulator import start_simulator
     from tests.wechat.fake_wechat import FakeWeChat
 
     aes_key = base64.b64encode(os.urandom(32)).decode().rstrip("=")

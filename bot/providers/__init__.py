@@ -1,7 +1,7 @@
 """Clients for the upstreams the bot resells: OpenAI chat and midjourney-proxy.
 
 They report what happened (text, usage, task status, typed errors); the core decides what it
-costs. `bot/simulator.py` speaks both protocols locally for tests and dry runs.
+costs. `simulator/` (the development server) speaks both protocols locally for tests and dry runs.
 """
 
 from bot.providers.errors import (

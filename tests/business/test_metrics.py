@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics
 from bot.providers.openai import OpenAIClient, QuotaExceeded, Usage
-from bot.simulator import start_simulator
+from simulator import start_simulator
 from tests.business.conftest import Bank
 from tests.business.test_payments import served
 

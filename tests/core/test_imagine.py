@@ -8,8 +8,8 @@ import time
 
 from bot.core import Core
 from bot.events import Delivery, ImageResult, Notice, Progress
-from bot.simulator import Simulator, start_simulator
 from bot.store import open_store
+from simulator import Simulator, start_simulator
 from tests.core.conftest import PRICES, MakeCore, ask, captures, fund, message, of_type
 
 ACCOUNT = "telegram:u1"

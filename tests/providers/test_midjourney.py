@@ -18,7 +18,7 @@ from bot.providers.midjourney import (
     MjTask,
     TaskNotFound,
 )
-from bot.simulator import Simulator, start_simulator
+from simulator import Simulator, start_simulator
 from tests.fakes.midjourney import fake_midjourney
 from tests.fakes.server import serve
 

@@ -151,7 +151,7 @@ async def fake_frontend(fake_api: FakeBotAPI, fake_core: FakeCore, sqlite_url: s
 
 @pytest.fixture
 async def simulator():  # type: ignore[no-untyped-def]
-    from bot.simulator import start_simulator
+    from simulator import start_simulator
 
     sim = await start_simulator(mj_duration=0.2)
     yield sim
