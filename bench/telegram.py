@@ -31,10 +31,10 @@ from bot import runtime  # the product's event loop (uvloop where installed)
 from bot.core import Core
 from bot.events import FinalText, Message, TextDelta
 from bot.settings import Settings
+from fakes import services
+from fakes import telegram_updates as u
+from fakes.telegram_api import TOKEN, FakeBotAPI
 from simulator import start_simulator
-from tests import services
-from tests.telegram import updates as u
-from tests.telegram.fake_api import TOKEN, FakeBotAPI
 
 SECRET = "bench-secret"
 TEXTS = {"chat": "Say something [[tokens:20]]", "command": "/balance", "adapter": "hello"}

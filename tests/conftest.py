@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from fakes import services
 
 _redis_db = itertools.count(1)
 

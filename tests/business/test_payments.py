@@ -27,7 +27,7 @@ from bot.accounts import Accounts
 from bot.events import Delivery, Notice
 from bot.payments import WeChatPay, parse_fen, qr_png, sign_v2, verify_v3
 from bot.settings import Settings
-from tests.business import fake_wechatpay as fake
+from fakes import wechatpay as fake
 from tests.business.conftest import Bank
 
 MILLI_PER_FEN = 100_000

@@ -27,7 +27,7 @@ from bot.accounts import Accounts
 from bot.events import Notice
 from bot.payments import NotifyRejected, Order, PayConfig, PaymentError, WeChatPay
 from bot.settings import get_settings
-from tests.business import fake_wechatpay as fake
+from fakes import wechatpay as fake
 from tests.business.conftest import Bank
 from tests.business.test_admin import make_cli, use
 from tests.business.test_payments import MILLI_PER_FEN, Shop, open_shop, settings_for

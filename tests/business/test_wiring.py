@@ -12,7 +12,7 @@ from bot.codes import create_codes
 from bot.core import Core
 from bot.events import Delivery, FinalText, Message, Notice
 from bot.settings import Settings
-from tests.business import fake_wechatpay as fake
+from fakes import wechatpay as fake
 from tests.business.test_payments import served
 
 

@@ -21,7 +21,7 @@ from billing.money import MILLI_PER_CREDIT
 from bot.events import Delivery, Event, Message
 from bot.settings import Settings
 from bot.store.base import Store
-from tests.telegram.fake_api import TOKEN, FakeBotAPI
+from fakes.telegram_api import TOKEN, FakeBotAPI
 
 ADMIN = 4242
 

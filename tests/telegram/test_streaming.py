@@ -11,9 +11,9 @@ import itertools
 
 from adapters.telegram.render import render_parts
 from bot.events import FinalText, Notice, TextDelta
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
+from fakes.telegram_api import BOT_USERNAME
 from tests.telegram.conftest import make_frontend, make_settings
-from tests.telegram.fake_api import BOT_USERNAME
 from tests.telegram.html_check import check_part
 
 

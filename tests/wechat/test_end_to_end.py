@@ -15,10 +15,10 @@ from bot.core import Core
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
 from bot.settings import Settings
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import event_xml, image_xml, next_msg_id, text_xml, wait_for
 from simulator import Simulator, start_simulator
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot, new_aes_key
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import event_xml, image_xml, next_msg_id, text_xml, wait_for
 
 _keys = itertools.count(1)
 SLOW = 2.0  # "[[fault:slow]]": the simulated model pauses this long after its first words

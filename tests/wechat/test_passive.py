@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from bot.events import Delivery, ImageResult
 from bot.store.base import Store
+from fakes.core import FakeCore
+from fakes.wechat_client import next_msg_id, text_xml, wait_for
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot
-from tests.wechat.fake_core import FakeCore
-from tests.wechat.wechat_client import next_msg_id, text_xml, wait_for
 
 FOOTER = "reply 1 for more"
 WITH_FOOTER = "{}\n\n（回复 1 查看后续 / reply 1 for more）"
