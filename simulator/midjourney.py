@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,7 @@ class MidjourneyRoutes:
 
     mj_duration: float
     mj_secret: str | None
+    clock: Callable[[], float]  # a task's progress is read from it
     tasks: dict[str, Task]
     _children: dict[tuple[str, str, int], str]
     _next_id: int
@@ -142,7 +144,7 @@ class MidjourneyRoutes:
             id=task_id,
             action=action,
             prompt=prompt,
-            created=time.time(),
+            created=self.clock(),
             duration=self.mj_duration,
             fault=fault,
             parent=parent,
@@ -214,7 +216,7 @@ class MidjourneyRoutes:
         return self._submit_answer(task, fault)
 
     def _exists(self, task: Task) -> web.Response:
-        view = task.view(time.time())
+        view = task.view(self.clock())
         return web.json_response(
             {
                 "code": 21,
@@ -230,7 +232,7 @@ class MidjourneyRoutes:
         parent = self.tasks.get(parent_id)
         if parent is None:
             return web.json_response({"code": 3, "description": "Related task does not exist"})
-        if parent.view(time.time())["status"] != "SUCCESS":
+        if parent.view(self.clock())["status"] != "SUCCESS":
             return web.json_response(
                 {"code": 4, "description": "Related task status error: not finished"}
             )
@@ -289,13 +291,13 @@ class MidjourneyRoutes:
         task = self.tasks.get(request.match_info["id"])
         if task is None:
             return web.Response(status=404, text="")
-        return web.json_response(task.view(time.time()))
+        return web.json_response(task.view(self.clock()))
 
     async def _mj_list(self, request: web.Request) -> web.Response:
         self._check_secret(request)
         body = await self._json_body(request)
         ids = body.get("ids") or []
-        now = time.time()
+        now = self.clock()
         out = [self.tasks[i].view(now) for i in ids if isinstance(i, str) and i in self.tasks]
         return web.json_response(out)
 
@@ -314,7 +316,7 @@ class MidjourneyRoutes:
         """POST the task to its notifyHook on every status change: best effort, no retries."""
         step = max(0.02, task.duration / 10)
         while not self._closing.is_set():
-            view = task.view(time.time())
+            view = task.view(self.clock())
             if view["status"] != task.last_status:
                 task.last_status = view["status"]
                 await self._post_hook(task.notify_hook or "", view)

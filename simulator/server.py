@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ class Simulator(OpenAIRoutes, MidjourneyRoutes):
     mj_secret: str | None = None
     models: frozenset[str] = frozenset(DEFAULT_MODELS)
     slow_seconds: float = 3600.0
+    clock: Callable[[], float] = time.time
     url: str = ""
     stats: Counter = field(default_factory=Counter)
     requests: list[tuple[str, Any]] = field(default_factory=list)
@@ -154,11 +157,14 @@ async def start_simulator(
     mj_secret: str | None = None,
     models: tuple[str, ...] | None = None,
     slow_seconds: float = 3600.0,
+    clock: Callable[[], float] = time.time,
 ) -> Simulator:
     """Serve the simulated OpenAI and midjourney-proxy APIs; `port=0` picks a free port.
 
     `latency` is the pause before each streamed chunk; `mj_duration` how long a Midjourney
     task takes to finish; `api_key`/`mj_secret`, when given, are required of clients.
+    `clock` (seconds, like `time.time`) times the Midjourney tasks: a test can move it forward
+    to finish a task instead of waiting for it.
     """
     sim = Simulator(
         latency=latency,
@@ -167,6 +173,7 @@ async def start_simulator(
         mj_secret=mj_secret or None,
         models=frozenset(models or DEFAULT_MODELS),
         slow_seconds=slow_seconds,
+        clock=clock,
     )
     runner = web.AppRunner(sim.build_app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
