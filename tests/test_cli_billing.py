@@ -288,6 +288,7 @@ def test_admin_ledger_of_an_empty_account(capsys: pytest.CaptureFixture[str]) ->
     assert (code, out) == (0, "no ledger entries for telegram:nobody\n")
 
 
+@pytest.mark.slow
 def test_admin_from_the_console_script(settings_env: dict[str, str]) -> None:
     done = run_script("admin", "credit", "telegram:99", "2000", "--reason", "launch gift")
     assert done.returncode == 0, done.stderr

@@ -527,6 +527,7 @@ async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_not
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("point", ["query", "close", "query after close", "credit"])
+@pytest.mark.slow
 async def test_a_reconciliation_cancelled_midway_leaves_the_order_to_the_next_pass(
     bank: Bank, tmp_path: Path, version: str, point: str
 ) -> None:

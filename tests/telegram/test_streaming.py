@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
+
 from adapters.telegram.render import render_parts
 from bot.events import FinalText, Notice, TextDelta
 from fakes import telegram_updates as u
@@ -50,6 +52,7 @@ async def test_private_reply_streams_as_drafts_then_one_whole_message(
     assert all(c.params.get("parse_mode") == "HTML" for c in drafts + sends)
 
 
+@pytest.mark.slow
 async def test_group_reply_is_edited_about_once_a_second_and_ends_whole(
     fake_api, fake_core, sqlite_url
 ) -> None:

@@ -75,6 +75,7 @@ async def captures(core: Core, account: str) -> list[Entry]:
     return [e for e in await core.wallet.entries(account, limit=500) if e.kind == CAPTURE]
 
 
+@pytest.mark.slow
 async def test_three_tries_while_slow_one_answer_one_charge_in_safe_mode(
     start_bot: StartBot, make_core: MakeCore
 ) -> None:
@@ -104,6 +105,7 @@ async def test_three_tries_while_slow_one_answer_one_charge_in_safe_mode(
     assert len(await captures(core, account)) == 1
 
 
+@pytest.mark.slow
 async def test_passive_fetch_with_1_charges_once(
     start_bot: StartBot, make_core: MakeCore, sim: Simulator
 ) -> None:
