@@ -13,7 +13,7 @@ from bot.core import Core
 from bot.events import Delivery, FinalText, Message, Notice
 from bot.settings import Settings
 from fakes import wechatpay as fake
-from tests.business.test_payments import served
+from fakes.server import serve as served
 
 
 async def test_topup_code_and_wechat_pay_through_the_running_bot(

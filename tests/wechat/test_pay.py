@@ -20,9 +20,9 @@ from adapters.wechat import WeChatFrontEnd
 from adapters.wechat.pay import pay_amount
 from bot.core import Core
 from fakes import wechatpay as fakepay
+from fakes.server import serve as served
 from fakes.wechat_api import FakeWeChat
 from fakes.wechat_client import WeChatServer, event_xml, next_msg_id, text_xml, wait_for
-from tests.business.test_payments import served
 from tests.wechat.conftest import TIMING, TOKEN, wechat_settings
 
 TEN_CNY_MILLI = 100_000 * 1000
