@@ -15,6 +15,8 @@ COPY pyproject.toml README.md ./
 COPY billing ./billing
 COPY bot ./bot
 COPY adapters ./adapters
+COPY cli ./cli
+COPY simulator ./simulator
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install .

@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/creditbot run
 
-## test: lint, format check, then the whole test suite
+## test: lint, format check, the import contracts (pyproject.toml), then the whole test suite
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

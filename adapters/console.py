@@ -1,8 +1,8 @@
 """`creditbot chat`: the bot in a terminal, with the same core, commands and billing.
 
 The user is the local account "console:local", granted DEMO_CREDITS once. Without an
-OPENAI_API_KEY the simulated upstream (bot/simulator.py) starts in-process on a free port and
-both clients point at it, and the console says so. Interactive: replies stream as they come and
+OPENAI_API_KEY the CLI (cli/run.py) starts the simulated upstream in-process and points both
+clients at it before the console starts. Interactive: replies stream as they come and
 Ctrl-C stops a reply (billed up to the stop). Piped (stdin not a terminal): one line in, the
 whole reply out, so a session can be scripted.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 import uuid
@@ -26,12 +25,6 @@ from bot.settings import Settings
 PLATFORM = "console"
 USER = "local"
 QUIT = ("/quit", "/exit")
-
-BANNER_SIMULATED = (
-    "Replies are SIMULATED: no OPENAI_API_KEY is set, so a built-in fake of OpenAI and "
-    "Midjourney answers.\nTo talk to the real services, set OPENAI_API_KEY (and MJ_BASE_URL, "
-    "MJ_API_SECRET for images) in .env or the environment."
-)
 
 
 class Console:
@@ -123,22 +116,6 @@ async def run_console(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     interactive = stdin.isatty()
-    sim = None
-    if settings.simulated:
-        from bot.simulator import start_simulator
-
-        sim = await start_simulator(port=0)
-        # The in-process simulator's server complains when a stopped reply hangs up on it.
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-        settings = settings.model_copy(
-            update={
-                "openai_base_url": sim.openai_url,
-                "mj_base_url": sim.url,
-                "mj_api_secret": "",
-                "mj_poll_min_seconds": min(settings.mj_poll_min_seconds, 0.5),
-            }
-        )
-        print(BANNER_SIMULATED, file=stderr, flush=True)
     core = await assemble(settings)
     try:
         await core.start()
@@ -166,5 +143,3 @@ async def run_console(
         return 0
     finally:
         await core.close()
-        if sim is not None:
-            await sim.close()

@@ -32,10 +32,10 @@ from bot.assemble import assemble
 from bot.events import FinalText, Message, TextDelta
 from bot.scheduler import Scheduler
 from bot.settings import Settings
-from bot.simulator import start_simulator
-from tests import services
-from tests.telegram import updates as u
-from tests.telegram.fake_api import TOKEN, FakeBotAPI
+from fakes import services
+from fakes import telegram_updates as u
+from fakes.telegram_api import TOKEN, FakeBotAPI
+from simulator import start_simulator
 
 SECRET = "bench-secret"
 TEXTS = {"chat": "Say something [[tokens:20]]", "command": "/balance", "adapter": "hello"}

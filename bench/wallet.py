@@ -195,7 +195,7 @@ async def _raw_redis(wallet: Any, workers: int) -> AsyncIterator[Step]:
 @contextlib.contextmanager
 def _servers(backends: list[str], sqlite_sync: str) -> Iterator[dict[str, str | None]]:
     """URLs per backend: the environment's, or throwaway servers like the tests use."""
-    from tests import services
+    from fakes import services
 
     with contextlib.ExitStack() as stack:
         urls: dict[str, str | None] = {}

@@ -47,7 +47,7 @@ def _build(url: str, aes_key: str, count: int, users: int, seed: int) -> list[tu
     import xmltodict
     from wechatpy.crypto import WeChatCrypto
 
-    from tests.wechat.wechat_client import sign, text_xml
+    from fakes.wechat_client import sign, text_xml
 
     crypto = WeChatCrypto(TOKEN, aes_key, APPID)
     out = []
@@ -150,8 +150,8 @@ async def run(
     from billing.money import MILLI_PER_CREDIT
     from bot.assemble import assemble
     from bot.settings import Settings
-    from bot.simulator import start_simulator
-    from tests.wechat.fake_wechat import FakeWeChat
+    from fakes.wechat_api import FakeWeChat
+    from simulator import start_simulator
 
     aes_key = base64.b64encode(os.urandom(32)).decode().rstrip("=")
     fake = await FakeWeChat(appid=APPID).start()
@@ -279,7 +279,7 @@ def _store(backend: str) -> Iterator[str]:
     if backend == "sqlite":
         yield ""
         return
-    from tests import services
+    from fakes import services
 
     with services.redis_server() as url:
         if not url:

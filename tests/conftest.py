@@ -8,9 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from fakes import services
 
 _redis_db = itertools.count(1)
+
+# A test that takes one of these fixtures needs that server, and is marked for it.
+SERVICE_FIXTURES = {
+    "postgres": frozenset({"postgres_url", "pg_admin_dsn"}),
+    "redis": frozenset({"redis_url", "redis_base_url"}),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests `postgres` / `redis` by the fixtures they take, so `-m "not postgres"` works.
+
+    A fixture parametrized by backend name (`store_url`, or any `*_url` fixture whose param is
+    "postgres" or "redis") asks for its server only at run time: its param counts too.
+    """
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        backends = {v for k, v in params.items() if k.endswith("_url") and isinstance(v, str)}
+        for marker, fixtures in SERVICE_FIXTURES.items():
+            if names & fixtures or marker in backends:
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

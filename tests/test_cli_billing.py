@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
 from bot.settings import get_settings
+from cli import main
 from tests.billing.test_tokens import COOKBOOK_MESSAGES
 
 VENV_SCRIPT = Path(sys.executable).with_name("creditbot")
@@ -33,7 +33,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[di
 
 def run_script(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """The real console script, as an operator runs it."""
-    command = [str(VENV_SCRIPT)] if VENV_SCRIPT.exists() else [sys.executable, "-m", "bot"]
+    command = [str(VENV_SCRIPT)] if VENV_SCRIPT.exists() else [sys.executable, "-m", "cli"]
     return subprocess.run(
         [*command, *args],
         input=stdin,
@@ -288,6 +288,7 @@ def test_admin_ledger_of_an_empty_account(capsys: pytest.CaptureFixture[str]) ->
     assert (code, out) == (0, "no ledger entries for telegram:nobody\n")
 
 
+@pytest.mark.slow
 def test_admin_from_the_console_script(settings_env: dict[str, str]) -> None:
     done = run_script("admin", "credit", "telegram:99", "2000", "--reason", "launch gift")
     assert done.returncode == 0, done.stderr
@@ -298,7 +299,7 @@ def test_admin_from_the_console_script(settings_env: dict[str, str]) -> None:
 def test_more_admin_subcommands_plug_in_by_name(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.cli import admin
+    from cli import admin
 
     async def count(wallet: object, args: object) -> int:
         print(len(await wallet.accounts()))  # type: ignore[attr-defined]

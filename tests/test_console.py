@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from billing.money import format_credits
 from billing.pricing import PriceList
 from billing.tokens import count_messages
@@ -24,7 +26,7 @@ def clean_env() -> dict[str, str]:
 
 def run(args: list[str], stdin: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
+        [sys.executable, "-m", "cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -34,6 +36,7 @@ def run(args: list[str], stdin: str, cwd: Path) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.slow
 def test_run_with_nothing_configured_is_a_simulated_console_chat(tmp_path: Path) -> None:
     text = "hello there [[tokens:20]]"
     done = run(["run"], f"{text}\n/balance\n/usage\n", tmp_path)
@@ -60,6 +63,7 @@ def test_run_with_nothing_configured_is_a_simulated_console_chat(tmp_path: Path)
     assert f"Available: {format_credits(100_000 - cost)} credits" in again.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_reply_and_bills_what_was_shown(tmp_path: Path) -> None:
     import asyncio
     import pty
@@ -71,7 +75,7 @@ def test_ctrl_c_stops_a_reply_and_bills_what_was_shown(tmp_path: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the console on a terminal
         os.chdir(tmp_path)
-        os.execve(sys.executable, [sys.executable, "-m", "bot", "chat"], clean_env())
+        os.execve(sys.executable, [sys.executable, "-m", "cli", "chat"], clean_env())
     seen = ""
 
     def wait_for(marker: str, after: int = 0, timeout: float = 30) -> int:

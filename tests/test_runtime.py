@@ -64,6 +64,7 @@ def test_startup_heap_is_frozen_once_per_process() -> None:
     assert out.split() == ["True", "False", "True", "True"]
 
 
+@pytest.mark.slow
 def test_core_start_loads_the_tokenizers_then_freezes(tmp_path: Path) -> None:
     """After Core.start() a user's first message builds no tokenizer, and a full collection
     no longer walks what start-up made."""

@@ -90,9 +90,7 @@ class Endpoint:
             message = parse_message(xml)
         except BadXml as exc:
             log.info("wechat: callback refused: %s", exc)
-            refused = web.Response(status=400, text="bad request")
-            refused.force_close()  # do not wait for the rest of an oversized body
-            return refused
+            return await _refuse(request)
         except InvalidSignatureException:
             log.info("wechat: callback with a bad msg_signature refused")
             raise web.HTTPForbidden(text="bad signature") from None
@@ -128,3 +126,18 @@ class Endpoint:
             raise InvalidSignatureException() from exc
         except Exception as exc:  # bad base64, padding, lengths: a forged or broken envelope
             raise BadXml(f"cannot decrypt: {type(exc).__name__}") from exc
+
+
+async def _refuse(request: web.Request) -> web.StreamResponse:
+    """400, then hang up: the rest of an oversized body is never read.
+
+    `Response.force_close()` alone only drops keep-alive: aiohttp would still linger for up
+    to 10 s reading and discarding the body after the answer (and a server shutting down
+    waits for that). Closing the connection once the answer is out ends it at once.
+    """
+    refused = web.Response(status=400, text="bad request")
+    refused.force_close()
+    await refused.prepare(request)
+    await refused.write_eof()
+    request.protocol.force_close()
+    return refused

@@ -1,8 +1,9 @@
 """Clients for the upstreams the bot resells: OpenAI chat and midjourney-proxy.
 
 They report what happened (text, usage, task status, typed errors); the core decides what it
-costs. `bot/simulator.py` speaks both protocols locally for tests and dry runs. Beside them,
-`wechatpay` speaks WeChat Pay's protocol, the payment provider (imported on its own).
+costs. `simulator/` (the development server) speaks both protocols locally for tests and dry
+runs. Beside them, `wechatpay` speaks WeChat Pay's protocol, the payment provider (imported on
+its own).
 """
 
 from bot.providers.errors import (

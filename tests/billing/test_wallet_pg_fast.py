@@ -250,6 +250,7 @@ async def test_a_batch_on_a_dropped_connection_falls_back(
         await _consistent(wallet, a)
 
 
+@pytest.mark.slow
 async def test_the_two_hold_paths_race_a_key_without_deadlock(postgres_url: str) -> None:
     """A hold on the transactional path (another process whose fast path is off) and the same
     hold replayed on the fast path: both take the account's row before the hold's key, so they

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import billing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +68,7 @@ async def _spawn(url: str, worker: int, count: int) -> asyncio.subprocess.Proces
     )
 
 
+@pytest.mark.slow
 async def test_four_processes_race_for_37_holds(store_url: str) -> None:
     share = HOLDS // PROCESSES
     procs = [await _spawn(store_url, w, share) for w in range(PROCESSES)]

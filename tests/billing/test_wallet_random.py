@@ -15,6 +15,8 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 import billing
 from billing import HoldNotActive, InsufficientCredits, InvalidAmount, Wallet
 
@@ -89,6 +91,7 @@ class Mix:
                 self.seen[label].add(result.id)
 
 
+@pytest.mark.slow
 async def test_random_mix_keeps_every_balance_equal_to_its_ledger(store_url: str) -> None:
     wallet = await billing.open_wallet(store_url)
     try:

@@ -89,6 +89,7 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+@pytest.mark.slow
 async def test_add_is_atomic_across_processes(store: Store, store_url: str) -> None:
     await store.get("warm-up")  # the schema exists before the racers start
     procs = [

@@ -20,11 +20,11 @@ import billing
 from billing.pricing import PriceList
 from billing.wallet.base import CAPTURE
 from bot.accounts import Accounts
-from bot.cli import main
-from bot.cli.admin_users import remember_name
 from bot.codes import CodeError, redeem_code
 from bot.settings import get_settings
 from bot.store import open_store
+from cli import main
+from cli.admin_users import remember_name
 
 Run = Callable[..., tuple[int, str, str]]
 

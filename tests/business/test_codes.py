@@ -75,6 +75,7 @@ async def test_racing_redeemers_in_one_process_credit_once(bank: Bank) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 async def test_racing_redeemers_in_separate_processes_credit_once(
     bank: Bank, tmp_path: Path
 ) -> None:

@@ -325,6 +325,7 @@ async def test_link_racing_a_payment_credits_it_once_to_the_linked_wallet(bank: 
             raise AssertionError(f"{pausing} never finished before its pause point")
 
 
+@pytest.mark.slow
 async def test_link_and_payments_with_random_timing(bank: Bank) -> None:
     """Several payments and a link at once, each call after a random short delay."""
     rng = random.Random(7)
@@ -432,6 +433,7 @@ async def _failing_link(bank: Bank, n: int, k: int, lose_answer: bool) -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_link_retried_after_failing_anywhere_moves_nothing_twice(bank: Bank) -> None:
     n = 0
     for lose_answer in (False, True):
@@ -535,6 +537,7 @@ async def test_a_code_made_before_its_wallet_was_linked_away_joins_where_it_went
     assert (await bank.wallet.balance("console:a")).total == 700
 
 
+@pytest.mark.slow
 async def test_two_links_at_once_leave_nobody_on_an_emptied_wallet(bank: Bank) -> None:
     """WeChat joins Telegram's wallet while Telegram joins the console's: whatever the
     interleaving, all three end on the console's wallet with every credit."""

@@ -9,9 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics
 from bot.providers.openai import OpenAIClient, QuotaExceeded, Usage
-from bot.simulator import start_simulator
+from fakes.server import serve as served
+from simulator import start_simulator
 from tests.business.conftest import Bank
-from tests.business.test_payments import served
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -31,7 +31,7 @@ from bot.payments.wechatpay import WeChatPay
 from bot.providers.wechatpay import sign_v2, verify_v3
 from bot.scheduler import Scheduler
 from bot.settings import Settings
-from tests.business import fake_wechatpay as fake
+from fakes import wechatpay as fake
 from tests.business.conftest import Bank
 
 MILLI_PER_FEN = 100_000

@@ -28,7 +28,7 @@ from bot.events import Notice
 from bot.payments.wechatpay import Order, WeChatPay
 from bot.providers.wechatpay import NotifyRejected, PayConfig, PaymentError
 from bot.settings import get_settings
-from tests.business import fake_wechatpay as fake
+from fakes import wechatpay as fake
 from tests.business.conftest import Bank
 from tests.business.test_admin import make_cli, use
 from tests.business.test_payments import MILLI_PER_FEN, Shop, open_shop, settings_for
@@ -528,6 +528,7 @@ async def test_a_linked_payer_is_credited_once_when_reconciliation_races_the_not
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("point", ["query", "close", "query after close", "credit"])
+@pytest.mark.slow
 async def test_a_reconciliation_cancelled_midway_leaves_the_order_to_the_next_pass(
     bank: Bank, tmp_path: Path, version: str, point: str
 ) -> None:

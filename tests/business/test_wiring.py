@@ -12,8 +12,8 @@ from bot.assemble import assemble
 from bot.codes import create_codes
 from bot.events import Delivery, FinalText, Message, Notice
 from bot.settings import Settings
-from tests.business import fake_wechatpay as fake
-from tests.business.test_payments import served
+from fakes import wechatpay as fake
+from fakes.server import serve as served
 
 
 async def test_topup_code_and_wechat_pay_through_the_running_bot(

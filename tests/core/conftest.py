@@ -17,7 +17,7 @@ from bot.events import Event, Message
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
 from bot.settings import Settings
-from bot.simulator import Simulator, start_simulator
+from simulator import Simulator, start_simulator
 
 PRICES = PriceList.load()
 SYSTEM = "You are a helpful assistant."

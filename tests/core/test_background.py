@@ -8,8 +8,8 @@ from aiohttp.test_utils import TestServer
 
 from adapters.http import build_app
 from bot.events import ImageResult
+from fakes.services import free_port
 from tests.core.conftest import PRICES, MakeCore, ask, captures, fund, of_type
-from tests.services import free_port
 
 ACCOUNT = "telegram:u1"
 

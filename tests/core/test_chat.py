@@ -8,7 +8,7 @@ from billing.tokens import count_text
 from bot.conversations import fit
 from bot.core import Core
 from bot.events import FinalText, Notice, TextDelta
-from bot.simulator import Simulator
+from simulator import Simulator
 from tests.core.conftest import (
     PRICES,
     SYSTEM,

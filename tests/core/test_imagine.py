@@ -8,8 +8,9 @@ import time
 
 from bot.core import Core
 from bot.events import Delivery, ImageResult, Notice, Progress
-from bot.simulator import Simulator, start_simulator
 from bot.store import open_store
+from fakes.clock import Clock
+from simulator import Simulator, start_simulator
 from tests.core.conftest import PRICES, MakeCore, ask, captures, fund, message, of_type
 
 ACCOUNT = "telegram:u1"
@@ -111,7 +112,8 @@ async def test_buttons_run_for_their_owner_and_refuse_others(core: Core) -> None
 async def test_restart_resumes_and_settles_exactly_once(
     make_core: MakeCore, sqlite_url: str
 ) -> None:
-    slow = await start_simulator(mj_duration=1.5)
+    clock = Clock()
+    slow = await start_simulator(mj_duration=1.5, clock=clock)
     try:
         first = await make_core(sqlite_url, simulator=slow)
         await fund(first, ACCOUNT, 5000)
@@ -125,7 +127,7 @@ async def test_restart_resumes_and_settles_exactly_once(
         await slow.close()
         raise
     try:
-        await asyncio.sleep(1.6)  # the image finishes while the bot is down
+        clock.advance(1.6)  # the image finishes while the bot is down
         second = await make_core(sqlite_url, simulator=slow)  # start() settles it at once
         delivered: list[Delivery] = []
 
@@ -183,7 +185,8 @@ async def test_image_finished_while_the_bot_was_down_past_the_deadline_is_delive
     make_core: MakeCore, sqlite_url: str
 ) -> None:
     """The deadline voids only unfinished tasks: a finished one is fetched and delivered."""
-    slow = await start_simulator(mj_duration=0.5)
+    clock = Clock()
+    slow = await start_simulator(mj_duration=0.5, clock=clock)
     try:
         first = await make_core(sqlite_url, simulator=slow, mj_task_timeout_seconds=60)
         await fund(first, ACCOUNT, 5000)
@@ -192,7 +195,7 @@ async def test_image_finished_while_the_bot_was_down_past_the_deadline_is_delive
         await events.aclose()
         [task_id] = await first.kv.smembers("mj:open")
         await first.close()
-        await asyncio.sleep(0.7)  # the image finishes while the bot is down...
+        clock.advance(0.7)  # the image finishes while the bot is down...
         store = await open_store(sqlite_url)
         raw = json.loads(await store.get(f"mj:task:{task_id}"))
         raw["created_at"] = time.time() - 3600  # ...and the bot comes back after its deadline

@@ -20,8 +20,8 @@ from bot.core import Core
 from bot.events import FinalText, Notice, TextDelta
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
-from bot.simulator import Simulator
 from bot.store import open_store
+from simulator import Simulator
 from tests.core.conftest import ask, fund, make_settings, message, of_type
 
 SLOT = "inflight:telegram:u1:0"

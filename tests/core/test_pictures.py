@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.core import Core
 from bot.events import FinalText, Notice
-from bot.simulator import Simulator
+from simulator import Simulator
 from tests.core.conftest import ask, fund, message, of_type
 
 ACCOUNT = "telegram:u1"

@@ -9,7 +9,7 @@ payment reversal or trial grant whose amount changed returns to the first one.
 from __future__ import annotations
 
 from bot.core import Core
-from bot.simulator import Simulator
+from simulator import Simulator
 from tests.core.conftest import fund, message
 
 ACCOUNT = "telegram:u1"

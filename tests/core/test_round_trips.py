@@ -16,8 +16,8 @@ from bot.core import Core
 from bot.events import FinalText, Notice, TextDelta
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
-from bot.simulator import Simulator
 from bot.store import open_store
+from simulator import Simulator
 from tests.core.conftest import ask, captures, fund, make_settings, message, of_type
 
 STORE_CALLS = ("get", "get_many", "set", "add", "delete", "incr", "sadd", "srem", "smembers")

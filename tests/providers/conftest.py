@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.simulator import Simulator, start_simulator
+from simulator import Simulator, start_simulator
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from bot.providers.midjourney import (
     MjTask,
     TaskNotFound,
 )
-from bot.simulator import Simulator, start_simulator
-from tests.fakes.midjourney import fake_midjourney
-from tests.fakes.server import serve
+from fakes.midjourney import fake_midjourney
+from fakes.server import serve
+from simulator import Simulator, start_simulator
 
 
 async def until_done(mj: MidjourneyClient, task_id: str, seconds: float = 5.0) -> MjTask:

@@ -19,7 +19,7 @@ from bot.providers.openai import (
     UpstreamUnavailable,
     Usage,
 )
-from tests.fakes.openai import Drop, Error, Hang, Stream, fake_openai
+from fakes.openai import Drop, Error, Hang, Stream, fake_openai
 
 KEY = "sk-test-secret-key-0123456789"
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_simulate_prints_its_url_and_serves_both_apis():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot", "simulate", "--port", "0", "--mj-seconds", "0.1"],
+        [sys.executable, "-m", "cli", "simulate", "--port", "0", "--mj-seconds", "0.1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

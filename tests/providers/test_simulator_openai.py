@@ -23,7 +23,7 @@ from bot.providers.openai import (
     UpstreamUnavailable,
     Usage,
 )
-from bot.simulator import Simulator, start_simulator
+from simulator import Simulator, start_simulator
 
 ONE = [{"role": "user", "content": "x"}]
 

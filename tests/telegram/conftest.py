@@ -22,7 +22,7 @@ from bot.events import Delivery, Event, Message
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.store.base import Store
-from tests.telegram.fake_api import TOKEN, FakeBotAPI
+from fakes.telegram_api import TOKEN, FakeBotAPI
 
 ADMIN = 4242
 
@@ -156,7 +156,7 @@ async def fake_frontend(fake_api: FakeBotAPI, fake_core: FakeCore, sqlite_url: s
 
 @pytest.fixture
 async def simulator():  # type: ignore[no-untyped-def]
-    from bot.simulator import start_simulator
+    from simulator import start_simulator
 
     sim = await start_simulator(mj_duration=0.2)
     yield sim

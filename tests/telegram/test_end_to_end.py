@@ -12,9 +12,9 @@ import pytest
 
 from adapters.telegram.stars import encode_payload
 from bot.payments import stars as payments
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
+from fakes.telegram_api import _error as fake_api_error
 from tests.telegram.conftest import ADMIN, available, fund
-from tests.telegram.fake_api import _error as fake_api_error
 from tests.telegram.html_check import check_part
 
 PNG = b"\x89PNG\r\n\x1a\n"

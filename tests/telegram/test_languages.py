@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.events import FinalText, TextDelta
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
 from tests.telegram.conftest import make_frontend, make_settings
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
+
 from adapters.telegram.render import render_parts
 from bot.events import FinalText, Notice, TextDelta
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
+from fakes.telegram_api import BOT_USERNAME
 from tests.telegram.conftest import make_frontend, make_settings
-from tests.telegram.fake_api import BOT_USERNAME
 from tests.telegram.html_check import check_part
 
 
@@ -50,6 +52,7 @@ async def test_private_reply_streams_as_drafts_then_one_whole_message(
     assert all(c.params.get("parse_mode") == "HTML" for c in drafts + sends)
 
 
+@pytest.mark.slow
 async def test_group_reply_is_edited_about_once_a_second_and_ends_whole(
     fake_api, fake_core, sqlite_url
 ) -> None:

@@ -10,7 +10,7 @@ from aiohttp import ClientSession, web
 
 from adapters.telegram import install
 from bot.events import FinalText
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
 from tests.telegram.conftest import make_settings
 
 SECRET = "s3cret-token_value"

@@ -17,9 +17,9 @@ from adapters.wechat import PassiveTiming, WeChatFrontEnd, install
 from bot.settings import Settings
 from bot.store import open_store
 from bot.store.base import Store
-from tests.wechat.fake_core import FakeCore
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import WeChatServer
+from fakes.core import FakeCore
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import WeChatServer
 
 TOKEN = "wechat-test-token"
 APPID = "wxfake"

@@ -6,7 +6,7 @@ import asyncio
 
 from adapters.wechat.api import WeChatApi
 from bot.store import open_store
-from tests.wechat.fake_wechat import FakeWeChat
+from fakes.wechat_api import FakeWeChat
 
 
 async def test_processes_share_one_token(fake_wechat: FakeWeChat, store_url: str) -> None:

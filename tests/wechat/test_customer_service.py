@@ -7,10 +7,10 @@ import pytest
 
 from bot.events import Delivery, ImageResult
 from bot.store import open_store
+from fakes.core import FakeCore
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import next_msg_id, text_xml, wait_for
 from tests.wechat.conftest import StartBot
-from tests.wechat.fake_core import FakeCore
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import next_msg_id, text_xml, wait_for
 
 
 async def test_answer_goes_out_once_however_many_tries(

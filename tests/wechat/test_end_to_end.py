@@ -16,10 +16,10 @@ from bot.core import Core
 from bot.providers.midjourney import MidjourneyClient
 from bot.providers.openai import OpenAIClient
 from bot.settings import Settings
-from bot.simulator import Simulator, start_simulator
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import event_xml, image_xml, next_msg_id, text_xml, wait_for
+from simulator import Simulator, start_simulator
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot, new_aes_key
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import event_xml, image_xml, next_msg_id, text_xml, wait_for
 
 _keys = itertools.count(1)
 SLOW = 2.0  # "[[fault:slow]]": the simulated model pauses this long after its first words
@@ -76,6 +76,7 @@ async def captures(core: Core, account: str) -> list[Entry]:
     return [e for e in await core.wallet.entries(account, limit=500) if e.kind == CAPTURE]
 
 
+@pytest.mark.slow
 async def test_three_tries_while_slow_one_answer_one_charge_in_safe_mode(
     start_bot: StartBot, make_core: MakeCore
 ) -> None:
@@ -105,6 +106,7 @@ async def test_three_tries_while_slow_one_answer_one_charge_in_safe_mode(
     assert len(await captures(core, account)) == 1
 
 
+@pytest.mark.slow
 async def test_passive_fetch_with_1_charges_once(
     start_bot: StartBot, make_core: MakeCore, sim: Simulator
 ) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fakes.core import FakeCore
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import event_xml, next_msg_id, sign, text_xml, wait_for
 from tests.wechat.conftest import TOKEN, StartBot, new_aes_key
-from tests.wechat.fake_core import FakeCore
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import event_xml, next_msg_id, sign, text_xml, wait_for
 
 BILLION_LAUGHS = """<?xml version="1.0"?>
 <!DOCTYPE lolz [

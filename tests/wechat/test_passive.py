@@ -3,16 +3,19 @@ shrunk to CLIENT_TIMEOUT), WeChat's retries of one MsgId, and "1" to fetch what 
 
 from __future__ import annotations
 
+import pytest
+
 from bot.events import Delivery, ImageResult
 from bot.store.base import Store
+from fakes.core import FakeCore
+from fakes.wechat_client import next_msg_id, text_xml, wait_for
 from tests.wechat.conftest import CLIENT_TIMEOUT, StartBot
-from tests.wechat.fake_core import FakeCore
-from tests.wechat.wechat_client import next_msg_id, text_xml, wait_for
 
 FOOTER = "reply 1 for more"
 WITH_FOOTER = "{}\n\n（回复 1 查看后续 / reply 1 for more）"
 
 
+@pytest.mark.slow
 async def test_three_tries_of_one_msgid_one_answer_one_charge(
     start_bot: StartBot, fake_core: FakeCore
 ) -> None:
@@ -31,6 +34,7 @@ async def test_three_tries_of_one_msgid_one_answer_one_charge(
     assert fake_core.charges["o-slow"] == 1
 
 
+@pytest.mark.slow
 async def test_not_ready_after_three_tries_then_fetch_with_1(
     start_bot: StartBot, fake_core: FakeCore
 ) -> None:
@@ -62,6 +66,7 @@ async def test_not_ready_after_three_tries_then_fetch_with_1(
     assert plain is not None and plain.content == "echo: 1"
 
 
+@pytest.mark.slow
 async def test_a_new_question_while_one_is_pending_is_not_lost(
     start_bot: StartBot, fake_core: FakeCore
 ) -> None:
@@ -161,6 +166,7 @@ async def test_late_image_after_restart_waits_for_1(
     assert image is not None and image.fields is not None and image.fields["MsgType"] == "image"
 
 
+@pytest.mark.slow
 async def test_retries_reaching_another_process_get_the_same_answer(
     start_bot: StartBot, fake_core: FakeCore, kv: Store
 ) -> None:

@@ -20,11 +20,11 @@ from adapters.wechat import WeChatFrontEnd
 from adapters.wechat.pay import pay_amount
 from bot.assemble import assemble
 from bot.core import Core
-from tests.business import fake_wechatpay as fakepay
-from tests.business.test_payments import served
+from fakes import wechatpay as fakepay
+from fakes.server import serve as served
+from fakes.wechat_api import FakeWeChat
+from fakes.wechat_client import WeChatServer, event_xml, next_msg_id, text_xml, wait_for
 from tests.wechat.conftest import TIMING, TOKEN, wechat_settings
-from tests.wechat.fake_wechat import FakeWeChat
-from tests.wechat.wechat_client import WeChatServer, event_xml, next_msg_id, text_xml, wait_for
 
 TEN_CNY_MILLI = 100_000 * 1000
 LINK = re.compile(r"https://bot\.example\.com/wechatpay/pay/(\w+)")

@@ -24,9 +24,9 @@ from typing import Any
 from billing.money import CREDITS_PER_CNY, MILLI_PER_CREDIT, format_cny, format_credits
 from billing.pricing import PriceList, UnknownModel
 from billing.wallet.base import CAPTURE, CREDIT, DEBIT, Wallet
-from bot.cli.admin_common import all_entries, bank_command, parse_day
 from bot.settings import get_settings
 from bot.store.base import Store
+from cli.admin_common import all_entries, bank_command, parse_day
 
 TOPUP_SOURCES = {"code": "redemption codes", "wxpay": "WeChat Pay", "tgstars": "Telegram Stars"}
 MILLION = Decimal(1_000_000)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import serve
+from fakes.server import serve
 
 Answers = dict[str, list[tuple[int, Any]]]
 

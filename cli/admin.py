@@ -32,9 +32,9 @@ import billing
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import Entry, Wallet, WalletError
 from bot.accounts import Accounts
-from bot.cli.admin_common import bank_command
 from bot.settings import get_settings
 from bot.store.base import Store
+from cli.admin_common import bank_command
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 WalletRun = Callable[[Wallet, argparse.Namespace], Awaitable[int]]
@@ -62,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _extension_modules() -> list[Any]:
-    """Every `bot/cli/admin_*.py` that defines `register_admin`, in name order."""
-    package = importlib.import_module(__package__ or "bot.cli")
+    """Every `cli/admin_*.py` that defines `register_admin`, in name order."""
+    package = importlib.import_module(__package__ or "cli")
     found = []
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name.startswith("admin_"):

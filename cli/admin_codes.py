@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import Wallet
 from bot import codes
-from bot.cli.admin_common import Refused, bank_command, parse_moment
 from bot.store.base import Store
+from cli.admin_common import Refused, bank_command, parse_moment
 
 
 def register_admin(admin: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 
-from bot.simulator import start_simulator
+from simulator import start_simulator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,9 +1,10 @@
-"""The `creditbot` command. Each subcommand group lives in its own module of this package.
+"""The `creditbot` command, the operator's front end. Each subcommand group lives in its own
+module of this package.
 
 A module takes part by defining `register(subparsers)`, which adds its parsers and sets
-`func` (a callable taking the parsed args and returning an exit code) on each. Front ends add
-their commands (`chat`, `run`) through the `creditbot.commands` entry point group, so the core
-never imports the adapters wing.
+`func` (a callable taking the parsed args and returning an exit code) on each. This package sits
+above every wing (billing, bot, adapters, simulator) and may import any of them; none of them
+imports it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # __main__ runs the command when imported
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
-    for ep in sorted(entry_points(group="creditbot.commands"), key=lambda e: e.name):
-        ep.load().register(subparsers)
     return parser
 
 

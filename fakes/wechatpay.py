@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import json
 import re
 import secrets
@@ -35,6 +37,13 @@ assert len(API_V3_KEY) == 32
 
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@functools.cache
+def role_key(role: str) -> rsa.RSAPrivateKey:
+    """One key per role ("merchant", "platform", "stranger") for the whole run: making 2048-bit
+    keys was most of each WeChat Pay test's setup. `rsa_key()` still makes a fresh one."""
+    return rsa_key()
 
 
 def pem_private(key: rsa.RSAPrivateKey) -> bytes:
@@ -71,8 +80,8 @@ def rsa_sign(key: rsa.RSAPrivateKey, message: str) -> str:
 class Keys:
     """The merchant's API key pair and the platform's certificate key pair (both test-made)."""
 
-    merchant: rsa.RSAPrivateKey = field(default_factory=rsa_key)
-    platform: rsa.RSAPrivateKey = field(default_factory=rsa_key)
+    merchant: rsa.RSAPrivateKey = field(default_factory=lambda: role_key("merchant"))
+    platform: rsa.RSAPrivateKey = field(default_factory=lambda: role_key("platform"))
     serial: str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 
     @property
@@ -123,8 +132,10 @@ class FakeWeChatPay:
         self.trades: dict[str, Trade] = {}
         self.calls: list[tuple[str, str]] = []
         self.faults: dict[str, list[str]] = {"order": [], "query": [], "close": []}
-        self._stranger = rsa_key()
+        self._stranger = role_key("stranger")
+        self._closing = asyncio.Event()
         self.app = web.Application()
+        self.app.on_shutdown.append(self._on_shutdown)
         self.app.router.add_post("/pay/unifiedorder", self.unifiedorder)
         self.app.router.add_post("/pay/orderquery", self.orderquery)
         self.app.router.add_post("/pay/closeorder", self.closeorder)
@@ -151,9 +162,14 @@ class FakeWeChatPay:
 
     async def _fault(self, on: str) -> str | None:
         fault = self.faults[on].pop(0) if self.faults[on] else None
-        if fault == "timeout":
-            await asyncio.sleep(self.delay)
+        if fault == "timeout":  # late, but never later than the server's shutdown
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.delay)
         return None if fault == "ok" else fault
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """A stopping server waits for its handlers: a "timeout" answer gives up at once."""
+        self._closing.set()
 
     # -- v2 --
 

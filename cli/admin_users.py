@@ -23,9 +23,9 @@ import uuid
 from billing.money import format_credits, parse_credits
 from billing.wallet.base import CAPTURE, Entry, Wallet
 from bot.accounts import Accounts, remember_name
-from bot.cli.admin_common import Refused, bank_command
 from bot.store.base import Store
 from bot.store.keys import NAMES, credit_account_key, name_key, refund_key
+from cli.admin_common import Refused, bank_command
 
 __all__ = ["register_admin", "remember_name"]
 

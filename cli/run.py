@@ -1,15 +1,22 @@
-"""`creditbot chat` and `creditbot run`, registered through the `creditbot.commands` entry point."""
+"""`creditbot chat` and `creditbot run`: the console chat, or every configured front end."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from bot import runtime
 from bot.logs import setup_logging
-from bot.settings import get_settings
+from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+BANNER_SIMULATED = (
+    "Replies are SIMULATED: no OPENAI_API_KEY is set, so a built-in fake of OpenAI and "
+    "Midjourney answers.\nTo talk to the real services, set OPENAI_API_KEY (and MJ_BASE_URL, "
+    "MJ_API_SECRET for images) in .env or the environment."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +45,35 @@ def _setup_logging(settings: object, *, quiet: bool) -> None:
 
 
 def chat_command(args: argparse.Namespace) -> int:
-    from adapters.console import run_console
-
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    return runtime.run(run_console(settings), settings.event_loop)
+    return runtime.run(console(settings), settings.event_loop)
+
+
+async def console(settings: Settings) -> int:
+    """The console chat; without OPENAI_API_KEY, on the simulated upstream started here."""
+    from adapters.console import run_console
+
+    if not settings.simulated:
+        return await run_console(settings)
+    from simulator import start_simulator
+
+    sim = await start_simulator(port=0)
+    try:
+        # The in-process simulator's server complains when a stopped reply hangs up on it.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+        settings = settings.model_copy(
+            update={
+                "openai_base_url": sim.openai_url,
+                "mj_base_url": sim.url,
+                "mj_api_secret": "",
+                "mj_poll_min_seconds": min(settings.mj_poll_min_seconds, 0.5),
+            }
+        )
+        print(BANNER_SIMULATED, file=sys.stderr, flush=True)
+        return await run_console(settings)
+    finally:
+        await sim.close()
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -18,11 +18,11 @@ import argparse
 from billing.money import format_credits, format_fen
 from billing.wallet.base import Wallet
 from bot.accounts import Accounts
-from bot.cli.admin_common import Refused, bank_command
 from bot.payments.wechatpay import WeChatPay
 from bot.providers.wechatpay import NotifyRejected, PayConfig, PaymentError
 from bot.settings import get_settings
 from bot.store.base import Store
+from cli.admin_common import Refused, bank_command
 
 
 def register_admin(admin: argparse._SubParsersAction) -> None:

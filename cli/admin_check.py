@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from billing.money import format_credits
 from billing.wallet.base import Wallet
 from bot import codes
-from bot.cli.admin_common import all_entries, bank_command
 from bot.settings import get_settings
 from bot.store.base import Store
 from bot.store.keys import code_done_key
+from cli.admin_common import all_entries, bank_command
 
 
 async def find_problems(

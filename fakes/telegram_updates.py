@@ -6,7 +6,7 @@ import itertools
 import time
 from typing import Any
 
-from tests.telegram.fake_api import BOT_ID, BOT_USERNAME
+from fakes.telegram_api import BOT_ID, BOT_USERNAME
 
 _update_ids = itertools.count(1)
 _message_ids = itertools.count(1)

@@ -1,1 +1,0 @@
-"""Misbehaving upstreams for tests: small real HTTP servers on loopback, driven by a script."""
