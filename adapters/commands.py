@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from bot import runtime
-from bot.settings import get_settings
+from billing.pricing import PriceFileError
+from bot import config, runtime
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +43,34 @@ def _setup_logging(settings: object, *, quiet: bool) -> None:
     setup_logging(level, settings=settings)
 
 
-def chat_command(args: argparse.Namespace) -> int:
+def refuse(error: Exception) -> int:
+    """A configuration the bot cannot start with: one line on stderr, exit status 2."""
+    print(f"creditbot: configuration error: {error}", file=sys.stderr)
+    return 2
+
+
+def chat_command(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from adapters.console import run_console
 
-    settings = get_settings()
-    _setup_logging(settings, quiet=True)
-    return runtime.run(run_console(settings), settings.event_loop)
+    try:
+        settings = settings or config.load()
+        _setup_logging(settings, quiet=True)
+        return runtime.run(run_console(settings), settings.event_loop)
+    except (config.ConfigError, PriceFileError) as exc:
+        return refuse(exc)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from adapters.http import configured, serve
 
-    settings = get_settings()
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        return refuse(exc)
     if not configured(settings):
-        return chat_command(args)
+        return chat_command(args, settings)
     _setup_logging(settings, quiet=False)
-    return runtime.run(serve(settings), settings.event_loop)
+    try:
+        return runtime.run(serve(settings), settings.event_loop)
+    except (config.ConfigError, PriceFileError) as exc:
+        return refuse(exc)

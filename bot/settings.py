@@ -2,6 +2,11 @@
 
 One class so an operator finds every knob in one place; each field is documented in
 `.env.example`. The billing wing never imports this: the core passes it plain values.
+
+An empty variable (`PRICES_FILE=`, as `.env.example` ships them) is the same as an absent one:
+the field keeps its default, so `cp .env.example .env` configures nothing by accident. A
+feature whose variables are all absent is off; one configured by halves is refused at start
+(`bot.config.check`, one line naming what is missing) rather than failing later, on a user.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Operator configuration. Empty strings mean "not configured"."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # env_ignore_empty: `NAME=` in the environment or in .env means "use the default".
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # --- storage and money -------------------------------------------------------------
     wallet_url: str = "sqlite+aiosqlite:///data/creditbot.db"
