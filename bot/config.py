@@ -80,6 +80,7 @@ def telegram(s: Settings) -> list[str]:
             "telegram_webhook_url",
             "telegram_webhook_secret",
             "telegram_api_base",
+            "telegram_proxy",
         )
         if given:
             found.append(f"Telegram: {given.upper()} is set but TELEGRAM_BOT_TOKEN is missing")
@@ -101,6 +102,10 @@ def telegram(s: Settings) -> list[str]:
         found.append(
             "Telegram: TELEGRAM_WEBHOOK_SECRET may only have 1-256 of A-Z, a-z, 0-9, _ and -"
         )
+    if s.telegram_proxy.strip():
+        bad = _proxy(s.telegram_proxy.strip(), "TELEGRAM_PROXY", TELEGRAM_PROXY_SCHEMES)
+        if bad:
+            found.append(f"Telegram: {bad}")
     return found
 
 
@@ -168,6 +173,10 @@ def midjourney(s: Settings) -> list[str]:
 def upstream(s: Settings) -> list[str]:
     """The OpenAI client's proxy, and an operator's price file."""
     found: list[str] = []
+    if s.openai_proxy.strip():
+        bad = _proxy(s.openai_proxy.strip(), "OPENAI_PROXY", OPENAI_PROXY_SCHEMES)
+        if bad:
+            found.append(f"Upstream: {bad}")
     bad = _file(s.prices_file, "PRICES_FILE")
     if bad:
         found.append(bad)

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     openai_connect_timeout: float = 10.0
     openai_read_timeout: float = 120.0
     openai_max_retries: int = 3
+    openai_proxy: str = ""  # http://, https:// or socks5:// proxy for the upstream's requests
     mj_base_url: str = ""
     mj_api_secret: str = ""
     mj_dialect: str = "novicezk"
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     # --- Telegram ------------------------------------------------------------------------------
     telegram_bot_token: str = ""
     telegram_api_base: str = ""
+    telegram_proxy: str = ""  # http://, socks4:// or socks5:// proxy for the Bot API
     telegram_webhook_url: str = ""
     telegram_webhook_secret: str = ""
     telegram_webhook_path: str = "/telegram"

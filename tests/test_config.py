@@ -62,6 +62,7 @@ def test_env_example_as_env_configures_nothing_by_accident(operator_dir: Path) -
     assert settings.wechatpay_platform_cert is None
     assert settings.wechatpay_private_key is None
     assert settings.admin_ids == []
+    assert settings.telegram_proxy == "" and settings.openai_proxy == ""
     # Every value the example ships is the default (empty lines fall back to it).
     assert settings.model_dump() == defaults.model_dump()
     assert config.problems(settings) == []
@@ -156,8 +157,16 @@ def pem_files(tmp_path: Path) -> dict[str, Any]:
             "Telegram: TELEGRAM_WEBHOOK_URL is set but TELEGRAM_BOT_TOKEN is missing",
         ),
         (
+            {"telegram_proxy": "socks5://127.0.0.1:1080"},
+            "Telegram: TELEGRAM_PROXY is set but TELEGRAM_BOT_TOKEN is missing",
+        ),
+        (
             {"telegram_bot_token": "not-a-token"},
             "Telegram: TELEGRAM_BOT_TOKEN does not look like a bot token",
+        ),
+        (
+            {"telegram_bot_token": "1:a", "telegram_proxy": "127.0.0.1:1080"},
+            "Telegram: TELEGRAM_PROXY must be a URL starting with http://, socks4:// or socks5://",
         ),
         (
             {"wechat_token": "t"},
@@ -205,6 +214,10 @@ def pem_files(tmp_path: Path) -> dict[str, Any]:
             {"mj_base_url": "http://mj:8080", "mj_dialect": "other"},
             "Midjourney: MJ_DIALECT must be novicezk or trueai",
         ),
+        (
+            {"openai_proxy": "proxy.example.com:3128"},
+            "Upstream: OPENAI_PROXY must be a URL starting with http://, https://, socks5://",
+        ),
         ({"prices_file": Path("/nonexistent/prices.toml")}, "PRICES_FILE=/nonexistent/"),
     ],
 )
@@ -226,12 +239,14 @@ def test_each_half_configured_feature_is_named(values: dict[str, Any], expected:
             "telegram_bot_token": "123456:ABC-def",
             "telegram_webhook_url": "https://x.example/tg",
             "telegram_webhook_secret": "s3cret_-",
+            "telegram_proxy": "socks5://user:pw@127.0.0.1:1080",
         },
         WECHAT,
         {**WECHAT, "wechat_aes_key": "a" * 43},
         {"wechat_appid": "wxapp"},  # WeChat Pay's app id alone turns nothing on
         PAY_V2,
         {"mj_base_url": "http://mj:8080"},  # midjourney-proxy without a secret is allowed
+        {"openai_proxy": "http://proxy.example.com:3128"},
     ],
 )
 def test_complete_features_start(values: dict[str, Any]) -> None:

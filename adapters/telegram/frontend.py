@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import httpx
 from aiogram import Bot, Dispatcher
@@ -44,11 +45,22 @@ def admin_ids(settings: Settings) -> frozenset[str]:
     return frozenset(ids)
 
 
-def make_bot(settings: Settings) -> Bot:
-    """A Bot on api.telegram.org, or on TELEGRAM_API_BASE (a self-hosted Bot API server)."""
+def make_session(settings: Settings) -> AiohttpSession:
+    """The Bot API session: api.telegram.org or TELEGRAM_API_BASE (a self-hosted Bot API
+    server), through TELEGRAM_PROXY (http:// or socks5://, via aiohttp-socks) when set."""
+    options: dict[str, Any] = {}
     base = settings.telegram_api_base.strip()
-    session = AiohttpSession(api=TelegramAPIServer.from_base(base)) if base else AiohttpSession()
-    return Bot(settings.telegram_bot_token, session=session)
+    if base:
+        options["api"] = TelegramAPIServer.from_base(base)
+    proxy = settings.telegram_proxy.strip()
+    if proxy:
+        options["proxy"] = proxy
+    return AiohttpSession(**options)
+
+
+def make_bot(settings: Settings) -> Bot:
+    """A Bot on the session of `make_session`."""
+    return Bot(settings.telegram_bot_token, session=make_session(settings))
 
 
 def make_dispatcher(core: CoreAPI, tg: TelegramContext, bot_id: int) -> Dispatcher:

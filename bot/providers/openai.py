@@ -99,6 +99,7 @@ class OpenAIClient:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         max_retry_wait: float = 30.0,
+        proxy: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -110,7 +111,8 @@ class OpenAIClient:
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=self._timeout)
+        # OPENAI_PROXY (http://, https://, socks5://); without it httpx honours HTTPS_PROXY.
+        self._http = http or httpx.AsyncClient(timeout=self._timeout, proxy=proxy or None)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> OpenAIClient:
@@ -121,6 +123,7 @@ class OpenAIClient:
             connect_timeout=settings.openai_connect_timeout,
             read_timeout=settings.openai_read_timeout,
             max_retries=settings.openai_max_retries,
+            proxy=settings.openai_proxy or None,
             **kw,
         )
 
