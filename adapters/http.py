@@ -3,6 +3,11 @@
 Front ends that need HTTP (Telegram webhooks, WeChat, WeChat Pay) mount their routes on this
 app through their `install(core, settings, app)`; each returns None when not configured, so an
 operator turns a platform on by setting its variables and nothing else.
+
+`GET /healthz` answers `{"status": "ok"|"down", "checks": {name: {"status": ..., "detail": ...}}}`
+with 200, or 503 while any check is down: each front end with a `status` (telegram, wechat),
+the wallet and the store (one cheap read each), the upstream and Midjourney (how their last
+request went). See bot/health.py.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from typing import Protocol
 from aiohttp import web
 
 from bot.core import Core
+from bot.health import Health, Status, read_probe
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechatpay")
 CORE_KEY = web.AppKey("core", Core)
+HEALTH_KEY = web.AppKey("health", Health)
+PROBE_ACCOUNT = "healthz:probe"  # read, never written: an account that has nothing
 
 
 class FrontEnd(Protocol):
@@ -32,7 +40,31 @@ class FrontEnd(Protocol):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Every part's state; 503 while any is down (no balances, no figures: it is public)."""
+    healthy, checks = await request.app[HEALTH_KEY].report()
+    return web.json_response(
+        {"status": "ok" if healthy else "down", "checks": checks}, status=200 if healthy else 503
+    )
+
+
+def build_health(core: Core) -> Health:
+    """The wallet, the store, and the upstreams' own statuses (front ends join in `serve`)."""
+    health = Health()
+    health.add("wallet", read_probe(lambda: core.wallet.balance(PROBE_ACCOUNT)))
+    health.add("store", read_probe(lambda: core.kv.get(PROBE_ACCOUNT)))
+    for name, client in (("upstream", core.services.openai), ("midjourney", core.services.mj)):
+        status = getattr(client, "status", None)
+        if isinstance(status, Status):
+            health.add(name, status)
+    return health
+
+
+def watch_front_ends(health: Health, fronts: list[FrontEnd]) -> None:
+    """Add each front end that says whether its platform is reachable (its `status`)."""
+    for front in fronts:
+        status = getattr(front, "status", None)
+        if isinstance(status, Status):
+            health.add(status.name, status)
 
 
 async def mj_notify(request: web.Request) -> web.Response:
@@ -54,6 +86,7 @@ def build_app(core: Core) -> web.Application:
     """/healthz and /mj/notify (front ends add their own routes)."""
     app = web.Application(client_max_size=1024 * 1024)
     app[CORE_KEY] = core
+    app[HEALTH_KEY] = build_health(core)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/mj/notify", mj_notify)
     return app
@@ -98,6 +131,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     core = await Core.create(settings)
     app = build_app(core)
     fronts = install_front_ends(core, settings, app)
+    watch_front_ends(app[HEALTH_KEY], fronts)
     await core.start()  # after the front ends set their sinks: resumed results reach them
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
