@@ -110,7 +110,7 @@ class TelegramFrontEnd:
         )
         self.dp = make_dispatcher(core, self.tg, self.bot.id)
         self.webhook = bool(settings.telegram_webhook_url)
-        self.status = Status("telegram", ok=False, detail="connecting")
+        self.status = Status("telegram", ok=False, detail="connecting", recheck=self._recheck)
         self._watch = ApiWatch(self.status)
         self.bot.session.middleware(self._watch)
         self.retry_base = RETRY_BASE_SECONDS
@@ -157,6 +157,12 @@ class TelegramFrontEnd:
             log.info("Telegram webhook set; listening on %s", self.settings.telegram_webhook_path)
         else:  # getUpdates is refused while a webhook is set
             await self.bot.delete_webhook(drop_pending_updates=False)
+
+    async def _recheck(self) -> None:
+        """Down after connecting (a webhook gets no traffic to show Telegram is back): one
+        getMe, whose outcome ApiWatch records. While connecting, the supervisor is trying."""
+        if self._watch.active:
+            await self.bot.get_me()
 
     async def _supervise(self) -> None:
         """Connect until it works, then poll (aiogram retries getUpdates itself; a polling
@@ -209,6 +215,7 @@ class TelegramFrontEnd:
     async def stop(self) -> None:
         """Stop taking updates, let running handlers finish, release connections."""
         self._stopping = True
+        self.status.cancel()
         for task in (self._menu, self._payments):
             if task is not None and not task.done():
                 task.cancel()

@@ -12,6 +12,7 @@ import pytest
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramNetworkError
 from aiohttp import web
 
 from adapters.telegram.context import TelegramContext
@@ -170,5 +171,31 @@ async def test_a_revoked_token_is_reported_as_such(
     try:
         await until(lambda: "refused" in fe.status.detail)
         assert not fe.status.ok and fe.status.detail == "TELEGRAM_BOT_TOKEN refused (401)"
+    finally:
+        await fe.stop()
+
+
+async def test_a_webhook_bot_that_lost_telegram_is_rechecked(
+    fake_api: FakeBotAPI, fake_core: FakeCore, sqlite_url: str
+) -> None:
+    """No polling to show Telegram is back: while down, a health probe has getMe asked."""
+    fe = frontend(
+        fake_core,
+        fake_api.url,
+        sqlite_url,
+        telegram_webhook_url="https://bot.example.com/telegram",
+        telegram_webhook_secret="s3cret",
+    )
+    await fe.start()
+    try:
+        await until(lambda: fe.status.ok)
+        fake_api.outage = "refuse"
+        with pytest.raises(TelegramNetworkError):
+            await fe.bot.send_message(1, "lost")
+        assert not fe.status.ok
+        fake_api.outage = None
+        fe.status.refresh()  # what /healthz does on each probe
+        await until(lambda: fe.status.ok)
+        assert fe.status.detail == "Bot API reachable again"
     finally:
         await fe.stop()
