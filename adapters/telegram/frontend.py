@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PENDING_RETRY_SECONDS = 60.0  # how often Stars payments whose crediting failed are retried
 RETRY_BASE_SECONDS = 1.0  # first wait after a failed connection; doubles each time...
-RETRY_MAX_SECONDS = 300.0  # ...up to this
+RETRY_MAX_SECONDS = 60.0  # ...up to this (a fixed proxy or network is noticed within it)
 ERROR_AFTER = 5  # failed connections logged as warnings before they are logged as errors
 
 
