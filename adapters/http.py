@@ -5,6 +5,11 @@ app through their `install(core, settings, app)`; each returns None when not con
 operator turns a platform on by setting its variables and nothing else. Every front end is
 part of the install: one that fails to import is a broken install, and `serve` refuses to
 start (exit status 1, naming the front end and the error) before it opens anything.
+
+`GET /healthz` answers `{"status": "ok"|"down", "checks": {name: {"status": ..., "detail": ...}}}`
+with 200, or 503 while any check is down: each front end with a `status` (telegram, wechat),
+the wallet and the store (one cheap read each), the upstream and Midjourney (how their last
+request went). See bot/health.py.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from aiohttp import web
 from bot import metrics
 from bot.api import CoreAPI
 from bot.assemble import assemble
+from bot.health import Health, Status, read_probe
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FRONT_ENDS = ("adapters.telegram", "adapters.wechat", "adapters.wechat.wechatpay")
 CORE_KEY = web.AppKey("core", CoreAPI)
+HEALTH_KEY = web.AppKey("health", Health)
+PROBE_ACCOUNT = "healthz:probe"  # read, never written: an account that has nothing
 
 
 class FrontEnd(Protocol):
@@ -37,7 +45,29 @@ class FrontEnd(Protocol):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Every part's state; 503 while any is down (no balances, no figures: it is public)."""
+    healthy, checks = await request.app[HEALTH_KEY].report()
+    return web.json_response(
+        {"status": "ok" if healthy else "down", "checks": checks}, status=200 if healthy else 503
+    )
+
+
+def build_health(core: CoreAPI) -> Health:
+    """The wallet, the store, and the upstreams' own statuses (front ends join in `serve`)."""
+    health = Health()
+    health.add("wallet", read_probe(lambda: core.wallet.balance(PROBE_ACCOUNT)))
+    health.add("store", read_probe(lambda: core.kv.get(PROBE_ACCOUNT)))
+    for name, status in core.upstream_statuses().items():
+        health.add(name, status)
+    return health
+
+
+def watch_front_ends(health: Health, fronts: list[FrontEnd]) -> None:
+    """Add each front end that says whether its platform is reachable (its `status`)."""
+    for front in fronts:
+        status = getattr(front, "status", None)
+        if isinstance(status, Status):
+            health.add(status.name, status)
 
 
 async def mj_notify(request: web.Request) -> web.Response:
@@ -59,6 +89,7 @@ def build_app(core: CoreAPI) -> web.Application:
     """/healthz and /mj/notify (front ends add their own routes)."""
     app = web.Application(client_max_size=1024 * 1024)
     app[CORE_KEY] = core
+    app[HEALTH_KEY] = build_health(core)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/mj/notify", mj_notify)
     return app
@@ -129,6 +160,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         log.error("creditbot run: %s", exc)
         await core.close()
         return 1
+    watch_front_ends(app[HEALTH_KEY], fronts)
     await core.start()  # after the front ends set their sinks: resumed results reach them
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

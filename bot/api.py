@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from billing.wallet.base import Entry, Wallet
 from bot.events import Delivery, Event, Message
+from bot.health import Status
 from bot.scheduler import Scheduler
 from bot.store.base import Store
 
@@ -73,6 +74,11 @@ class CoreAPI(Protocol):
 
     async def deliver(self, delivery: Delivery) -> None:
         """Send an event to a user outside any handle() call (through the platform's sink)."""
+
+    def upstream_statuses(self) -> dict[str, Status]:
+        """How each upstream client's last request went ("upstream", "midjourney"), for
+        /healthz."""
+        ...
 
     def mj_notify(self, task_id: str) -> bool:
         """midjourney-proxy's notifyHook: re-fetch the task now; True if it is one of ours."""

@@ -68,6 +68,7 @@ async def assemble(
             connect_timeout=settings.openai_connect_timeout,
             read_timeout=settings.openai_read_timeout,
             max_retries=settings.openai_max_retries,
+            proxy=settings.openai_proxy or None,
         )
         owned.append(openai)
     if mj is None and settings.mj_base_url:

@@ -25,6 +25,7 @@ from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
 from bot.events import Delivery, Event, Message, Notice
+from bot.health import Status
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
 from bot.limits import new_token, undo_uncertain
@@ -252,6 +253,13 @@ class Core:
             log.info("no sink for %s yet: event queued until one is set", delivery.platform)
             return
         await sink(delivery)
+
+    def upstream_statuses(self) -> dict[str, Status]:
+        """How each upstream client's last request went, for /healthz (clients without a
+        status, such as test stand-ins, are left out)."""
+        clients = (("upstream", self.services.openai), ("midjourney", self.services.mj))
+        found = ((name, getattr(client, "status", None)) for name, client in clients)
+        return {name: status for name, status in found if isinstance(status, Status)}
 
     def mj_notify(self, task_id: str) -> bool:
         """midjourney-proxy's notifyHook: re-fetch the task now (never settles by itself)."""

@@ -2,6 +2,11 @@
 
 One class so an operator finds every knob in one place; each field is documented in
 `.env.example`. The billing wing never imports this: the core passes it plain values.
+
+An empty variable (`PRICES_FILE=`, as `.env.example` ships them) is the same as an absent one:
+the field keeps its default, so `cp .env.example .env` configures nothing by accident. A
+feature whose variables are all absent is off; one configured by halves is refused at start
+(`bot.config.check`, one line naming what is missing) rather than failing later, on a user.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Operator configuration. Empty strings mean "not configured"."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # env_ignore_empty: `NAME=` in the environment or in .env means "use the default".
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # --- storage and money -------------------------------------------------------------
     wallet_url: str = "sqlite+aiosqlite:///data/creditbot.db"
@@ -45,6 +53,7 @@ class Settings(BaseSettings):
     openai_connect_timeout: float = 10.0
     openai_read_timeout: float = 120.0
     openai_max_retries: int = 3
+    openai_proxy: str = ""  # http://, https:// or socks5:// proxy for the upstream's requests
     mj_base_url: str = ""
     mj_api_secret: str = ""
     mj_dialect: str = "novicezk"
@@ -60,6 +69,7 @@ class Settings(BaseSettings):
     # --- Telegram ------------------------------------------------------------------------------
     telegram_bot_token: str = ""
     telegram_api_base: str = ""
+    telegram_proxy: str = ""  # http://, socks4:// or socks5:// proxy for the Bot API
     telegram_webhook_url: str = ""
     telegram_webhook_secret: str = ""
     telegram_webhook_path: str = "/telegram"

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from bot import runtime
+from billing.pricing import PriceFileError
+from bot import config, runtime
 from bot.logs import setup_logging
-from bot.settings import Settings, get_settings
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,19 @@ def _setup_logging(settings: object, *, quiet: bool) -> None:
     setup_logging(level, settings=settings)
 
 
-def chat_command(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    _setup_logging(settings, quiet=True)
-    return runtime.run(console(settings), settings.event_loop)
+def refuse(error: Exception) -> int:
+    """A configuration the bot cannot start with: one line on stderr, exit status 2."""
+    print(f"creditbot: configuration error: {error}", file=sys.stderr)
+    return 2
+
+
+def chat_command(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    try:
+        settings = settings or config.load()
+        _setup_logging(settings, quiet=True)
+        return runtime.run(console(settings), settings.event_loop)
+    except (config.ConfigError, PriceFileError) as exc:
+        return refuse(exc)
 
 
 async def console(settings: Settings) -> int:
@@ -79,8 +89,14 @@ async def console(settings: Settings) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from adapters.http import configured, serve
 
-    settings = get_settings()
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        return refuse(exc)
     if not configured(settings):
-        return chat_command(args)
+        return chat_command(args, settings)
     _setup_logging(settings, quiet=False)
-    return runtime.run(serve(settings), settings.event_loop)
+    try:
+        return runtime.run(serve(settings), settings.event_loop)
+    except (config.ConfigError, PriceFileError) as exc:
+        return refuse(exc)

@@ -62,6 +62,8 @@ class FakeBotAPI:
         self.sent_count: dict[int, int] = defaultdict(int)  # sendMessage calls per chat
         self._sent_events: dict[int, asyncio.Event] = {}
         self._called = asyncio.Event()
+        # An outage: "refuse" drops every connection unanswered, "blackhole" never answers.
+        self.outage: str | None = None
 
     async def start(self) -> FakeBotAPI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -77,7 +79,8 @@ class FakeBotAPI:
 
     async def close(self) -> None:
         if self._runner is not None:
-            await self._runner.cleanup()
+            runner, self._runner = self._runner, None  # ends a blackhole
+            await runner.cleanup()
 
     # --- test controls ---------------------------------------------------------------------
 
@@ -137,6 +140,14 @@ class FakeBotAPI:
         return web.Response(body=data, content_type="image/png")
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self.outage is not None:
+            while True:  # no answer while the blackhole lasts
+                if self.outage != "blackhole" or self._runner is None:
+                    break
+                await asyncio.sleep(0.05)
+            if request.transport is not None:
+                request.transport.abort()  # the client sees the connection drop, no answer
+            return web.Response(status=503)
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]

@@ -61,5 +61,5 @@ def test_import_front_ends_names_the_one_that_failed() -> None:
     assert [m.__name__ for m in import_front_ends()] == [
         "adapters.telegram",
         "adapters.wechat",
-        "adapters.wechatpay",
+        "adapters.wechat.wechatpay",
     ]

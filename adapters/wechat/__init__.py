@@ -16,5 +16,6 @@ def install(core: CoreAPI, settings: Settings, app: web.Application) -> WeChatFr
     if not settings.wechat_token:
         return None
     front = WeChatFrontEnd(core, settings, app=app)
+    front.check_on_start = True
     front.endpoint.add_routes(app, settings.wechat_path)
     return front

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from bot.health import Status
 from bot.store.base import Store
 from bot.store.keys import wx_lock_key, wx_token_key, wx_token_lock
 
@@ -26,6 +27,8 @@ OUT_OF_WINDOW = 45015  # the user has not written to us for 48 hours
 TOO_MANY = 45047  # too many customer-service messages since the user's last message
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # invalid / malformed / expired access_token
 KEEP_FOR_LATER = frozenset({OUT_OF_WINDOW, TOO_MANY})
+
+TOKEN_PATH = "/cgi-bin/token"
 
 # Refresh this long before WeChat says the token expires.
 _TOKEN_MARGIN = 300.0
@@ -53,6 +56,7 @@ class WeChatApi:
         *,
         http: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
+        status: Status | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.appid = appid
@@ -62,6 +66,9 @@ class WeChatApi:
         self.http = http or httpx.AsyncClient(timeout=timeout)
         self._token: str | None = None
         self._token_until = 0.0
+        # How the last call went, for /healthz: down while WeChat cannot be reached or refuses
+        # the access_token (a wrong WECHAT_SECRET, this server's IP not whitelisted).
+        self.status = status or Status("wechat", ok=True, detail="no API call yet")
 
     @property
     def _token_key(self) -> str:
@@ -104,7 +111,7 @@ class WeChatApi:
             return self._remember(shared, 60.0)
         data = await self._request(
             "GET",
-            "/cgi-bin/token",
+            TOKEN_PATH,
             params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
         )
         token = str(data["access_token"])
@@ -199,14 +206,31 @@ class WeChatApi:
         try:
             resp = await self.http.request(method, self.base_url + path, headers=headers, **kw)
         except httpx.HTTPError as exc:
+            self.status.down("WeChat API unreachable")
             raise WeChatApiError(-1, f"unreachable: {type(exc).__name__}") from exc
         try:
             data = resp.json()
         except ValueError as exc:
+            self.status.down(f"WeChat API answered HTTP {resp.status_code}, not JSON")
             raise WeChatApiError(-1, f"HTTP {resp.status_code}, not JSON") from exc
         if not isinstance(data, dict):
+            self.status.down("WeChat API answered something unexpected")
             raise WeChatApiError(-1, "unexpected answer")
         code = int(data.get("errcode", 0) or 0)
+        if code and path == TOKEN_PATH:
+            self.status.down(f"access_token refused (errcode {code})")
+        else:  # WeChat answered (an errcode here refuses one message, not the account)
+            self.status.up("WeChat API answered")
         if code:
             raise WeChatApiError(code, str(data.get("errmsg", "")))
         return data
+
+    async def ping(self) -> None:
+        """One cheap call (the API's own IP list) with the access_token: reachable and
+        taking our credentials, or not. The outcome goes to `status`."""
+        token = await self.access_token()
+        try:
+            await self._request("GET", "/cgi-bin/get_api_domain_ip", params={"access_token": token})
+        except WeChatApiError as exc:
+            if exc.errcode in TOKEN_ERRORS:
+                await self._forget(token)

@@ -42,6 +42,7 @@ from adapters.wechat.split import MAX_TEXT_BYTES
 from adapters.wechat.wechatpay import APP_KEY as WECHATPAY_KEY
 from bot.api import CoreAPI
 from bot.events import Delivery, Message, Progress
+from bot.health import Status
 from bot.payments.wechatpay import WeChatPay
 from bot.settings import Settings
 from bot.store.base import Store
@@ -90,6 +91,9 @@ class WeChatFrontEnd:
         self._own_kv: Store | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = asyncio.Event()
+        # Reachability of the WeChat API (calls update it; see WeChatApi), for /healthz.
+        self.status = Status("wechat", ok=True, detail="no API call yet", recheck=self._ping)
+        self.check_on_start = False  # `install` (creditbot run) asks for a token at start
         self.endpoint = Endpoint(
             settings.wechat_token,
             self.on_callback,
@@ -108,6 +112,7 @@ class WeChatFrontEnd:
             self.settings.wechat_appid,
             self.settings.wechat_secret,
             kv,
+            status=self.status,
         )
         self.outbox = Outbox(kv)
         self.busy = Busy(kv)
@@ -138,10 +143,19 @@ class WeChatFrontEnd:
             self._wire(self._own_kv)
         self._started.set()
         log.info("wechat: front end ready (%s mode)", self.mode)
+        if self.check_on_start:  # a wrong secret or IP whitelist shows now, not on a user
+            self._spawn(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await self.api.ping()
+        except Exception as exc:
+            log.warning("wechat: the API check failed: %s", exc)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let running work finish for a moment, then cancel it (holds are voided by the
         core); replies already decided stay in the Store."""
+        self.status.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:

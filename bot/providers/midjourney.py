@@ -9,6 +9,7 @@ task's final status, so this module only reports, it never decides money.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bot.health import Status
 from bot.providers.errors import UpstreamError, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -205,6 +207,8 @@ class MidjourneyClient:
         self._timeout = httpx.Timeout(timeout)
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=self._timeout)
+        # How the last request went, for /healthz (bot.health); while down, `ping` now and then.
+        self.status = Status("midjourney", ok=True, detail="no request yet", recheck=self.ping)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> MidjourneyClient:
@@ -215,8 +219,15 @@ class MidjourneyClient:
         return f"MidjourneyClient(base_url={self.base_url!r}, dialect={self.dialect!r})"
 
     async def close(self) -> None:
+        self.status.cancel()
         if self._own_http:
             await self._http.aclose()
+
+    async def ping(self) -> None:
+        """One cheap request (a task that does not exist): any answer but 401/403/5xx means
+        the proxy is there and takes our secret. The outcome goes to `status`."""
+        with contextlib.suppress(UpstreamError):
+            await self._request("GET", "/mj/task/-/fetch")
 
     async def __aenter__(self) -> MidjourneyClient:
         return self
@@ -305,15 +316,24 @@ class MidjourneyClient:
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"mj-api-secret": self._secret} if self._secret else {}
         try:
-            return await self._http.request(
+            resp = await self._http.request(
                 method, self.base_url + path, headers=headers, timeout=self._timeout, **kw
             )
         except httpx.TimeoutException as exc:
+            self.status.down("midjourney-proxy timed out")
             raise UpstreamUnavailable(f"midjourney-proxy timeout: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
+            self.status.down("midjourney-proxy unreachable")
             raise UpstreamUnavailable(
                 f"midjourney-proxy unreachable: {type(exc).__name__}"
             ) from exc
+        if resp.status_code in (401, 403):
+            self.status.down(f"MJ_API_SECRET refused (HTTP {resp.status_code})")
+        elif resp.status_code >= 500:
+            self.status.down(f"midjourney-proxy HTTP {resp.status_code}")
+        else:
+            self.status.up("last request answered")
+        return resp
 
     @staticmethod
     def _check_status(resp: httpx.Response) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bot.health import Status
 from bot.providers import sse
 from bot.providers.errors import (
     ContextLengthExceeded,
@@ -99,6 +100,7 @@ class OpenAIClient:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         max_retry_wait: float = 30.0,
+        proxy: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -110,7 +112,12 @@ class OpenAIClient:
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=self._timeout)
+        # OPENAI_PROXY (http://, https://, socks5://); without it httpx honours HTTPS_PROXY.
+        self._http = http or httpx.AsyncClient(timeout=self._timeout, proxy=proxy or None)
+        # How the last request went, for /healthz (bot.health): no calls of its own while up;
+        # while down, `ping` once in a while.
+        self.status = Status("upstream", ok=True, detail="no request yet", recheck=self.ping)
+        self._ping_timeout = httpx.Timeout(connect_timeout, read=10.0, write=10.0, pool=10.0)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> OpenAIClient:
@@ -121,6 +128,7 @@ class OpenAIClient:
             connect_timeout=settings.openai_connect_timeout,
             read_timeout=settings.openai_read_timeout,
             max_retries=settings.openai_max_retries,
+            proxy=settings.openai_proxy or None,
             **kw,
         )
 
@@ -129,6 +137,7 @@ class OpenAIClient:
 
     async def close(self) -> None:
         """Close the HTTP client if this object made it."""
+        self.status.cancel()
         if self._own_http:
             await self._http.aclose()
 
@@ -168,8 +177,55 @@ class OpenAIClient:
 
         Raises QuotaExceeded, RateLimited, ContextLengthExceeded, UpstreamUnavailable or
         UpstreamError before any output, StreamCut after some. When `stop` is set the stream is
-        closed and the generator returns without a Usage.
+        closed and the generator returns without a Usage. The outcome is kept in `status`.
         """
+        try:
+            stream = self._stream_chat(model, messages, max_tokens, stop)
+            async with contextlib.aclosing(stream) as items:
+                async for item in items:
+                    if isinstance(item, Usage):
+                        self.status.up("last request answered")
+                    yield item
+        except UpstreamError as exc:
+            self._note(exc)
+            raise
+
+    def _note(self, exc: UpstreamError) -> None:
+        """Down when the upstream cannot serve anyone (unreachable, key refused, no quota);
+        a refusal of one request (context length, a bad model) says nothing of the rest."""
+        if isinstance(exc, UpstreamUnavailable):
+            self.status.down(f"unreachable: {exc.message or exc.kind}"[:120])
+        elif isinstance(exc, QuotaExceeded):
+            self.status.down("the account behind OPENAI_API_KEY has no quota left")
+        elif exc.kind == "auth":
+            self.status.down(f"OPENAI_API_KEY refused (HTTP {exc.status})")
+        else:
+            self.status.up(f"last request: {exc.kind}")
+
+    async def ping(self) -> None:
+        """GET /models once: reachable and taking our key is up (a gateway without /models
+        counts as reachable). The outcome goes to `status`."""
+        try:
+            resp = await self._http.get(
+                f"{self.base_url}/models", headers=self._headers(), timeout=self._ping_timeout
+            )
+        except httpx.HTTPError as exc:
+            self.status.down(f"unreachable: {type(exc).__name__}")
+            return
+        if resp.status_code in (401, 403):
+            self.status.down(f"OPENAI_API_KEY refused (HTTP {resp.status_code})")
+        elif resp.status_code >= 500:
+            self.status.down(f"unavailable (HTTP {resp.status_code})")
+        else:
+            self.status.up("reachable")
+
+    async def _stream_chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int | None,
+        stop: asyncio.Event | None,
+    ) -> AsyncIterator[Delta | Usage]:
         url = f"{self.base_url}/chat/completions"
         body = self._body(model, messages, max_tokens)
         attempt = 0

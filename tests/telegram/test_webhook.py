@@ -55,7 +55,7 @@ def test_a_webhook_without_a_secret_is_refused(fake_api, fake_core, sqlite_url) 
 
 
 async def test_start_sets_the_webhook_and_the_menus_in_two_languages(webhook, fake_api) -> None:
-    [hook] = fake_api.calls_to("setWebhook")
+    [hook] = await fake_api.wait_for("setWebhook")  # connecting runs in the background
     assert hook.params["url"] == "https://bot.example.com/telegram"
     assert hook.params["secret_token"] == SECRET
     allowed = hook.json("allowed_updates")
