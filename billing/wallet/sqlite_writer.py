@@ -13,6 +13,12 @@ The bot's SQLite store uses the same writer for its own file (one mechanism, one
 and rollback rules). For it, a call may be a read (`write=False`: a batch of reads only runs
 without a transaction) or a `relaxed` write whose loss after a power cut is harmless: a batch
 made only of those commits with synchronous=NORMAL even when the writer's level is FULL/EXTRA.
+
+After a fork (multiprocessing's default start method, pre-fork servers) the child has the
+writers but not their threads: every writer is reset there (`_after_fork_in_child`), and its
+first call in the child starts a thread and opens a connection of the child's own. The
+parent's connection is never used or closed in the child (SQLite forbids carrying a
+connection across fork): it is kept, unused, until the child exits.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
+from weakref import WeakSet
 
 from billing.wallet.sql_engine import BUSY_TIMEOUT_MS
 
@@ -38,6 +45,8 @@ ATTEMPTS = 50
 _Fn = Callable[[sqlite3.Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 _DURABLE = ("FULL", "EXTRA")
+_WRITERS: WeakSet[SqliteWriter] = WeakSet()  # every writer of this process, for the fork hook
+_INHERITED: list[Any] = []  # the parent's connections in a forked child: never used, never closed
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -100,6 +109,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        _WRITERS.add(self)
 
     def _connection(self) -> sqlite3.Connection:
         """The writer's connection, opened on first use (on the writer thread)."""
@@ -125,7 +135,7 @@ class SqliteWriter:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
 
@@ -139,11 +149,22 @@ class SqliteWriter:
         """Run `fn(cursor)` (inside a committed transaction if it writes) and return its result."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # not started yet, or died (a fork)
             self._start()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((fn, write, relaxed, fut))
         return await fut
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's thread, queue and connection (see module doc)."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self._thread = None
+        self._queue = queue.SimpleQueue()  # the parent's pending calls are the parent's
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+            self._conn = None
+            self._current_sync = ""
 
     # -- on the writer thread ----------------------------------------------------------------
 
@@ -301,6 +322,17 @@ def _settle(answers: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _after_fork_in_child() -> None:
+    """Reset every writer of the parent: its thread does not exist in the child."""
+    SqliteWriter._registry_lock = threading.Lock()
+    for writer in list(_WRITERS):
+        writer._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _answer_on_loop(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
