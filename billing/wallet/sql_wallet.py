@@ -47,8 +47,10 @@ from billing.wallet.base import (
     DEBIT,
     EXPIRED,
     HELD,
+    MAX_TOTAL,
     VOIDED,
     Balance,
+    BalanceLimitExceeded,
     Entry,
     Hold,
     HoldNotActive,
@@ -71,7 +73,7 @@ from billing.wallet.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
-MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
+MAX_AMOUNT = MAX_TOTAL  # no single amount exceeds what an account may hold
 CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
 # Live holds, spelled as a literal: the sweeper's index is partial on exactly this (0004).
 _LIVE = holds.c.status == sa.literal_column(f"'{HELD}'")
@@ -220,9 +222,12 @@ class SqlWallet:
         )
         self._entry_by_id = sa.select(entries).where(entries.c.id == _p("p_id"))
         stmt = insert(accounts).values(id=_p("p_acct"), total=_p("p_amt"), held=0)
+        # No row back: the credit would take the total past MAX_TOTAL (nothing is updated).
         self._credit_account = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"total": accounts.c.total + stmt.excluded.total}
-        )
+            index_elements=["id"],
+            set_={"total": accounts.c.total + stmt.excluded.total},
+            where=accounts.c.total <= sa.literal(MAX_TOTAL, sa.BigInteger()) - stmt.excluded.total,
+        ).returning(accounts.c.total)
         self._debit_account = (
             sa.update(accounts)
             .where(accounts.c.id == _p("p_acct"))
@@ -330,6 +335,8 @@ class SqlWallet:
         ref: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Entry:
+        if type(amount) is int and amount > MAX_TOTAL:
+            raise BalanceLimitExceeded(account, amount)
         _check_amount(amount)
         return await self._entry_op(CREDIT, account, amount, key, reason, ref, meta)
 
@@ -381,7 +388,9 @@ class SqlWallet:
             if conn.execute(self._hold_key_used, params).first() is not None:
                 raise IdempotencyConflict(account, key)  # rolls the new entry back
             if kind == CREDIT:
-                conn.execute(self._credit_account, params)
+                if conn.execute(self._credit_account, params).first() is None:
+                    total = conn.execute(self._balance, params).first()
+                    raise BalanceLimitExceeded(account, amount, total and total.total)
             elif (conn.execute(self._debit_account, params)).rowcount != 1:
                 self._insufficient(conn, account, amount)
             return Entry(
