@@ -14,7 +14,7 @@ from typing import Any
 
 from billing.money import format_cny, format_credits, parse_credits
 from billing.pricing import IMAGE_ACTIONS, UnknownModel
-from billing.wallet.base import CAPTURE, Entry
+from billing.wallet.base import CAPTURE, MAX_TOTAL, BalanceLimitExceeded, Entry
 from bot.accounts import LinkError
 from bot.chat import chosen_model, price_text
 from bot.context import Request, Services
@@ -146,6 +146,9 @@ class Commands:
             )
         except CodeError as exc:
             return Notice(t(f"code_{exc.kind}", req.lang), kind="error")
+        except BalanceLimitExceeded:
+            limit = format_credits(MAX_TOTAL)
+            return Notice(t("topup_limit", req.lang, limit=limit), kind="error")
         balance = await self.s.wallet.balance(req.account)
         return FinalText(
             t(
@@ -274,14 +277,17 @@ class Commands:
         key = f"grant:{req.platform}:{req.message_id}"
         # Through Accounts: a redelivered grant credits the first account (pinned), and the
         # credits follow the user if a /link moved them meanwhile.
-        entry = await self.s.accounts.credit(
-            account,
-            amount,
-            key,
-            f"grant by {req.ident}",
-            meta={"admin": req.ident},
-            pin=f"creditacct:{key}",
-        )
+        try:
+            entry = await self.s.accounts.credit(
+                account,
+                amount,
+                key,
+                f"grant by {req.ident}",
+                meta={"admin": req.ident},
+                pin=f"creditacct:{key}",
+            )
+        except BalanceLimitExceeded as exc:
+            return _over_limit(exc, req.lang)
         account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
         balance = await self.s.wallet.balance(account)
@@ -315,14 +321,17 @@ class Commands:
         if done:
             return Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
         # To the charged account; through Accounts, it follows the user if they /link'ed since.
-        refund = await self.s.accounts.credit(
-            entry.account,
-            -entry.amount,
-            f"refund:{entry.id}",
-            f"compensation for entry {entry.id}",
-            ref=entry.id,
-            meta={"admin": req.ident},
-        )
+        try:
+            refund = await self.s.accounts.credit(
+                entry.account,
+                -entry.amount,
+                f"refund:{entry.id}",
+                f"compensation for entry {entry.id}",
+                ref=entry.id,
+                meta={"admin": req.ident},
+            )
+        except BalanceLimitExceeded as exc:
+            return _over_limit(exc, req.lang)
         await self.s.store.set(marker, refund.id)
         return FinalText(
             t(
@@ -334,6 +343,20 @@ class Commands:
                 refund=refund.id,
             )
         )
+
+
+def _over_limit(exc: BalanceLimitExceeded, lang: str) -> Notice:
+    """An admin's credit that the account cannot hold: refused, and said so."""
+    return Notice(
+        t(
+            "balance_limit",
+            lang,
+            account=exc.account,
+            credits=format_credits(exc.amount),
+            limit=format_credits(MAX_TOTAL),
+        ),
+        kind="error",
+    )
 
 
 def usage_line(entry: Entry, lang: str) -> str:
