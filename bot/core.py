@@ -31,7 +31,7 @@ from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
 from bot.conversations import Conversations
-from bot.events import Delivery, Event, Message, Notice
+from bot.events import Delivery, Event, Message, Notice, clean_text
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
 from bot.limits import InflightLimiter, new_token, undo_uncertain
@@ -268,6 +268,7 @@ class Core:
         language: str | None = None,
     ) -> AsyncIterator[Event]:
         """A button press (an Action.data). `message_id` is the press's own unique id."""
+        data = clean_text(data)  # like a Message's text: encodable before it goes anywhere
         if not await self.kv.add(
             f"seen:{platform}:press:{message_id}", "1", ttl=self.settings.dedupe_ttl_seconds
         ):
