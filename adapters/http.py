@@ -17,6 +17,7 @@ from typing import Protocol
 from aiohttp import web
 
 from bot.core import Core
+from bot.metrics import MetricsServer
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def install_front_ends(core: Core, settings: Settings, app: web.Application) -> 
     with contextlib.suppress(ImportError):
         from bot import metrics
 
-        metrics.install(app, wallet=core.wallet)
+        app.middlewares.append(metrics.middleware)  # /metrics itself: MetricsServer, not here
     return fronts
 
 
@@ -95,6 +96,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
             "(users are not charged). Set it, or point OPENAI_BASE_URL at `creditbot simulate`.",
             settings.openai_base_url,
         )
+    # Before anything opens: a metrics listener reachable from other machines needs a token.
+    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, settings.metrics_token)
     core = await Core.create(settings)
     app = build_app(core)
     fronts = install_front_ends(core, settings, app)
@@ -105,6 +108,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     try:
         await site.start()
         log.info("HTTP server on %s:%d", settings.http_host, settings.http_port)
+        await metrics.start(core.wallet)
         for front in fronts:
             await front.start()
         stop = asyncio.Event()
@@ -121,6 +125,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
                 await front.stop()
             except Exception:
                 log.exception("stopping a front end failed")
+        await metrics.stop()
         await runner.cleanup()
         await core.close()
     return 0
