@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import weakref
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -43,6 +41,7 @@ try:
 except ImportError:  # another redis-py: its own packing
     HIREDIS_AVAILABLE = False
 
+from billing import forking
 from billing.wallet.base import (
     CAPTURE,
     CREDIT,
@@ -91,7 +90,7 @@ class AutoPipeline:
         self._pending: list[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._busy = False  # a command or batch is on the wire
-        _PIPELINES.add(self)
+        forking.reset_in_child(self, AutoPipeline._forget_parent)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's batch on the wire and its callers are not ours."""
@@ -189,37 +188,22 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     `?max_connections=N` in the URL changes the pool size. Commands are packed by hiredis where
     it is installed (see `hiredis_packed`).
     """
-    client = aioredis.Redis.from_pool(_pool(url, max_connections))
-    _POOLS[client] = (url, max_connections)
+
+    def pool() -> aioredis.BlockingConnectionPool:
+        made = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, decode_responses=True
+        )
+        if HIREDIS_AVAILABLE:  # before the first connection is made
+            made.connection_class = hiredis_packed(made.connection_class)
+        return made
+
+    def renew(client: aioredis.Redis) -> None:  # a forked child: the parent's sockets are not its
+        forking.keep(client.connection_pool)
+        client.connection_pool = pool()
+
+    client = aioredis.Redis.from_pool(pool())
+    forking.reset_in_child(client, renew)
     return client
-
-
-def _pool(url: str, max_connections: int) -> aioredis.BlockingConnectionPool:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=None, decode_responses=True
-    )
-    if HIREDIS_AVAILABLE:  # before the first connection is made
-        pool.connection_class = hiredis_packed(pool.connection_class)
-    return pool
-
-
-# After a fork, the child must not talk on the parent's sockets (both would read the replies)
-# nor wait on its locks: each client gets a new pool, and the old one is kept aside, unused.
-_PIPELINES: weakref.WeakSet[AutoPipeline] = weakref.WeakSet()
-_POOLS: weakref.WeakKeyDictionary[aioredis.Redis, tuple[str, int]] = weakref.WeakKeyDictionary()
-_INHERITED: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for pipe in list(_PIPELINES):
-        pipe._forget_parent()
-    for client, (url, max_connections) in list(_POOLS.items()):
-        _INHERITED.append(client.connection_pool)
-        client.connection_pool = _pool(url, max_connections)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def account_tag(account: str) -> str:

@@ -12,17 +12,17 @@ BEGIN IMMEDIATE so two writers never deadlock upgrading read locks.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from weakref import WeakSet
 
 from sqlalchemy import event, pool
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from billing import forking
 
 T = TypeVar("T")
 
@@ -36,9 +36,6 @@ BUSY_TIMEOUT_MS = 30_000
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 WRITE_OPTION = "creditbot_write"  # execution option: this transaction will write
 MIGRATION_LOCK_ID = 0x63726564  # pg_advisory_xact_lock key ("cred")
-
-_ENGINES: WeakSet[AsyncEngine] = WeakSet()  # engines with pools to forget after a fork
-_INHERITED: list[Any] = []  # a forked child's copies of the parent's pools: never used or closed
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -73,20 +70,15 @@ def create_engine(url: str | URL) -> AsyncEngine:
             u.set(query=query), pool_size=size, max_overflow=max(1, size // 2), pool_timeout=60
         )
     if not isinstance(engine.sync_engine.pool, pool.StaticPool):  # :memory: is one process's
-        _ENGINES.add(engine)
+        forking.reset_in_child(engine, _fresh_pool)
     return engine
 
 
-def _forget_pools_after_fork() -> None:
-    """In a forked child: a fresh pool per engine; the parent's connections (their sockets,
-    their driver threads, which the child does not have) are kept aside, never used or closed."""
-    for engine in list(_ENGINES):
-        _INHERITED.append(engine.sync_engine.pool)
-        engine.sync_engine.dispose(close=False)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+def _fresh_pool(engine: AsyncEngine) -> None:
+    """In a forked child: a pool of its own; the parent's connections (their sockets, their
+    driver threads, which the child does not have) are kept aside, never used or closed."""
+    forking.keep(engine.sync_engine.pool)
+    engine.sync_engine.dispose(close=False)
 
 
 def _sqlite_options(u: URL) -> tuple[URL, str, bool]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing import forking
 from billing.wallet.base import CAPTURE, CAPTURED, HELD
 from billing.wallet.sql_schema import UtcDateTime, accounts, entries, holds
 
@@ -316,12 +315,12 @@ class FastLane:
             _CAPTURE: batch_capture_statement(capture_prefix),
         }
         self.batches = 0  # statements that carried more than one call (for tests and benches)
-        _LANES.add(self)
+        forking.reset_in_child(self, FastLane._forget_parent)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's connections (sockets shared with the parent) and
         queued calls are not ours; they are kept aside, never used or closed."""
-        _INHERITED.append((self._idle, self._ops, self._tasks))
+        forking.keep((self._idle, self._ops, self._tasks))
         self._idle, self._open = [], 0
         self._ops, self._tasks = collections.deque(), set()
 
@@ -485,16 +484,3 @@ class FastLane:
             self._open -= 1
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
-
-
-_LANES: weakref.WeakSet[FastLane] = weakref.WeakSet()
-_INHERITED: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for lane in list(_LANES):
-        lane._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

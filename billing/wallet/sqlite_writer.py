@@ -15,10 +15,10 @@ without a transaction) or a `relaxed` write whose loss after a power cut is harm
 made only of those commits with synchronous=NORMAL even when the writer's level is FULL/EXTRA.
 
 After a fork (multiprocessing's default start method, pre-fork servers) the child has the
-writers but not their threads: every writer is reset there (`_after_fork_in_child`), and its
+writers but not their threads: every writer is reset there (`_forget_parent`), and its
 first call in the child starts a thread and opens a connection of the child's own. The
 parent's connection is never used or closed in the child (SQLite forbids carrying a
-connection across fork): it is kept, unused, until the child exits.
+connection across fork): it is kept, unused, until the child exits (billing.forking).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
-from weakref import WeakSet
 
+from billing import forking
 from billing.wallet.sql_engine import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
@@ -45,8 +45,6 @@ ATTEMPTS = 50
 _Fn = Callable[[sqlite3.Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 _DURABLE = ("FULL", "EXTRA")
-_WRITERS: WeakSet[SqliteWriter] = WeakSet()  # every writer of this process, for the fork hook
-_INHERITED: list[Any] = []  # the parent's connections in a forked child: never used, never closed
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,7 +107,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        _WRITERS.add(self)
+        forking.reset_in_child(self, SqliteWriter._forget_parent)
 
     def _connection(self) -> sqlite3.Connection:
         """The writer's connection, opened on first use (on the writer thread)."""
@@ -162,7 +160,7 @@ class SqliteWriter:
         self._thread = None
         self._queue = queue.SimpleQueue()  # the parent's pending calls are the parent's
         if self._conn is not None:
-            _INHERITED.append(self._conn)
+            forking.keep(self._conn)
             self._conn = None
             self._current_sync = ""
 
@@ -324,15 +322,12 @@ def _settle(answers: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
             fut.set_exception(value)
 
 
-def _after_fork_in_child() -> None:
-    """Reset every writer of the parent: its thread does not exist in the child."""
-    SqliteWriter._registry_lock = threading.Lock()
-    for writer in list(_WRITERS):
-        writer._forget_parent()
+def _fresh_registry_lock(cls: type[SqliteWriter]) -> None:
+    """In a forked child: another thread of the parent may have held the registry's lock."""
+    cls._registry_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forking.reset_in_child(SqliteWriter, _fresh_registry_lock)
 
 
 def _answer_on_loop(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
