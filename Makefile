@@ -4,13 +4,33 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+# Pinned dependencies with hashes: requirements.lock (what the image runs) and
+# requirements-dev.lock (the same pins plus the test tools). `make lock` re-resolves both.
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
+LOCK_VENV  ?= .venv-lock
+UV_VERSION ?= 0.13.9
+UPGRADE    ?= --upgrade
+COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" --quiet $(UPGRADE)
 
-$(STAMP): pyproject.toml
+.PHONY: run test lint format bench clean lock
+
+# The locked dependencies first (every file checked against its hash), then the project itself.
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+## lock: re-resolve both lock files to the newest versions pyproject.toml allows
+##       (UPGRADE= keeps the current pins and only adds what pyproject.toml now asks for)
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) \
+		&& $(LOCK_VENV)/bin/python -m pip install --quiet 'uv==$(UV_VERSION)')
+	$(COMPILE) -o $(LOCK)
+	$(COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 ## run: start the bot (console chat on the simulated upstream when nothing is configured)
 run: $(STAMP)
@@ -37,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache

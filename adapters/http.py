@@ -28,6 +28,7 @@ from bot import metrics
 from bot.api import CoreAPI
 from bot.assemble import assemble
 from bot.health import Health, Status, read_probe
+from bot.metrics import MetricsServer
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def install_front_ends(
         if front is not None:
             log.info("front end %s configured", module.__name__)
             fronts.append(front)
-    metrics.install(app, wallet=core.wallet)
+    app.middlewares.append(metrics.middleware)  # /metrics itself: MetricsServer, not here
     return fronts
 
 
@@ -152,6 +153,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     except FrontEndError as exc:
         log.error("creditbot run: %s", exc)
         return 1
+    # Before anything opens: a metrics listener reachable from other machines needs a token.
+    metrics_server = MetricsServer(
+        settings.metrics_host, settings.metrics_port, settings.metrics_token
+    )
     core = await assemble(settings)
     app = build_app(core)
     try:
@@ -168,6 +173,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     try:
         await site.start()
         log.info("HTTP server on %s:%d", settings.http_host, settings.http_port)
+        await metrics_server.start(core.wallet)
         for front in fronts:
             await front.start()
         stop = asyncio.Event()
@@ -184,6 +190,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
                 await front.stop()
             except Exception:
                 log.exception("stopping a front end failed")
+        await metrics_server.stop()
         await runner.cleanup()
         await core.close()
     return 0

@@ -2,7 +2,9 @@
 
 from billing.wallet import open_wallet
 from billing.wallet.base import (
+    MAX_TOTAL,
     Balance,
+    BalanceLimitExceeded,
     Entry,
     Hold,
     HoldNotActive,
@@ -15,7 +17,9 @@ from billing.wallet.base import (
 )
 
 __all__ = [
+    "MAX_TOTAL",
     "Balance",
+    "BalanceLimitExceeded",
     "Entry",
     "Hold",
     "HoldNotActive",

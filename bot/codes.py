@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.money import fen_to_milli, parse_fen
-from billing.wallet.base import Wallet
+from billing.wallet.base import MAX_TOTAL, Wallet
 from bot.accounts import Accounts
 from bot.store.base import Store
 from bot.store.keys import (
@@ -165,6 +165,10 @@ async def create_codes(
     """Make `count` codes worth `amount` millicredits each and store their hashes."""
     if amount <= 0 or count <= 0:
         raise ValueError("amount and count must be positive")
+    if amount > MAX_TOTAL:  # no account could ever take it: it would only fail at redemption
+        from billing.money import format_credits
+
+        raise ValueError(f"a code is worth at most {format_credits(MAX_TOTAL)} credits")
     if expires_at is not None and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
     created = _now(now)

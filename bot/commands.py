@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from billing.money import format_cny, format_credits, parse_credits
 from billing.pricing import IMAGE_ACTIONS, UnknownModel
-from billing.wallet.base import CAPTURE, Entry
+from billing.wallet.base import CAPTURE, MAX_TOTAL, BalanceLimitExceeded, Entry
 from bot.accounts import LinkError
 from bot.chat import chosen_model, price_text
 from bot.codes import CodeError, redeem_code
@@ -148,6 +148,10 @@ class Commands:
             )
         except CodeError as exc:
             yield Notice(t(f"code_{exc.kind}", req.lang), kind="error")
+            return
+        except BalanceLimitExceeded:
+            limit = format_credits(MAX_TOTAL)
+            yield Notice(t("topup_limit", req.lang, limit=limit), kind="error")
             return
         balance = await self.s.wallet.balance(req.account)
         yield FinalText(
@@ -287,14 +291,18 @@ class Commands:
         key = f"grant:{req.platform}:{req.message_id}"
         # Through Accounts: a redelivered grant credits the first account (pinned), and the
         # credits follow the user if a /link moved them meanwhile.
-        entry = await self.s.accounts.credit(
-            account,
-            amount,
-            key,
-            f"grant by {req.ident}",
-            meta={"admin": req.ident},
-            pin=credit_account_key(key),
-        )
+        try:
+            entry = await self.s.accounts.credit(
+                account,
+                amount,
+                key,
+                f"grant by {req.ident}",
+                meta={"admin": req.ident},
+                pin=credit_account_key(key),
+            )
+        except BalanceLimitExceeded as exc:
+            yield _over_limit(exc, req.lang)
+            return
         account = await self.s.accounts.moved_to(entry.account) or entry.account
         log.info("admin grant of %d millicredits (entry %s)", amount, entry.id)
         balance = await self.s.wallet.balance(account)
@@ -333,14 +341,18 @@ class Commands:
             yield Notice(t("refund_already", req.lang, entry=entry.id, refund=done))
             return
         # To the charged account; through Accounts, it follows the user if they /link'ed since.
-        refund = await self.s.accounts.credit(
-            entry.account,
-            -entry.amount,
-            marker,
-            f"compensation for entry {entry.id}",
-            ref=entry.id,
-            meta={"admin": req.ident},
-        )
+        try:
+            refund = await self.s.accounts.credit(
+                entry.account,
+                -entry.amount,
+                marker,
+                f"compensation for entry {entry.id}",
+                ref=entry.id,
+                meta={"admin": req.ident},
+            )
+        except BalanceLimitExceeded as exc:
+            yield _over_limit(exc, req.lang)
+            return
         await self.s.store.set(marker, refund.id)
         yield FinalText(
             t(
@@ -352,6 +364,20 @@ class Commands:
                 refund=refund.id,
             )
         )
+
+
+def _over_limit(exc: BalanceLimitExceeded, lang: str) -> Notice:
+    """An admin's credit that the account cannot hold: refused, and said so."""
+    return Notice(
+        t(
+            "balance_limit",
+            lang,
+            account=exc.account,
+            credits=format_credits(exc.amount),
+            limit=format_credits(MAX_TOTAL),
+        ),
+        kind="error",
+    )
 
 
 def usage_line(entry: Entry, lang: str) -> str:

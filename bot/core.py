@@ -24,7 +24,7 @@ from bot.api import Sink
 from bot.chat import ChatFlow, Opening
 from bot.commands import Commands, parse_command
 from bot.context import Request, Services
-from bot.events import Delivery, Event, Message, Notice
+from bot.events import Delivery, Event, Message, Notice, clean_text
 from bot.health import Status
 from bot.i18n import language_of, t
 from bot.imagine import ImageFlow
@@ -204,6 +204,7 @@ class Core:
         language: str | None = None,
     ) -> AsyncIterator[Event]:
         """A button press (an Action.data). `message_id` is the press's own unique id."""
+        data = clean_text(data)  # like a Message's text: encodable before it goes anywhere
         if not await self.kv.add(
             press_seen_key(platform, message_id), "1", ttl=self.settings.dedupe_ttl_seconds
         ):

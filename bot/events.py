@@ -7,7 +7,24 @@ adapter's business; these types know nothing of any platform.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# A UTF-16 surrogate code point: paired ones make one character, a lone one is no character at
+# all, and UTF-8 (the OpenAI client's JSON, the stores) cannot encode it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (and a split pair joined again).
+
+    A JSON "\\ud83d" escape without its partner (a client that cut an emoji in half, or an
+    attacker) decodes to a lone surrogate, which raised UnicodeEncodeError deep in the OpenAI
+    client. Text is made encodable once, where it enters the core: in `Message`.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +43,14 @@ class Message:
     # Whether the platform shows a reply while it streams (Telegram, console: yes; WeChat
     # sends only whole replies): decides what a reply cut short by the adapter costs.
     shows_partial: bool = True
+
+    def __post_init__(self) -> None:
+        """Whatever an adapter passed, the core sees only encodable text (see clean_text)."""
+        for name in ("text", "user_name"):
+            value = getattr(self, name)
+            clean = clean_text(value) if isinstance(value, str) else value
+            if clean is not value:
+                object.__setattr__(self, name, clean)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,19 @@ they happen without touching the code that does the work:
 - `count_request(platform, kind)` and `count_error(kind)` for the core to call.
 - `middleware` counts HTTP requests of the aiohttp app; `install(app, wallet=...)` mounts
   `GET /metrics` (the open-holds gauge is read from the wallet at scrape time).
+- `MetricsServer` serves `/metrics` on a listener of its own, never on the public HTTP port:
+  the figures (credits per model, top-ups) are the operator's business. It listens on
+  loopback (METRICS_HOST=127.0.0.1, METRICS_PORT=9108) by default; any other address needs
+  METRICS_TOKEN, which a scrape then sends as `Authorization: Bearer <token>` (with a token
+  set, loopback scrapes need it too). An empty METRICS_PORT turns it off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -277,3 +284,70 @@ def install(
     app.router.add_get(path, metrics_handler(metrics, wallet))
     if count_http:
         app.middlewares.append(middleware_for(metrics))
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches ("" and 0.0.0.0 mean every interface)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class MetricsServer:
+    """`GET /metrics` on its own listener (see the module docstring for the rules)."""
+
+    def __init__(
+        self, host: str, port: int | None, token: str = "", *, metrics: Metrics = METRICS
+    ) -> None:
+        """Refuses (ValueError) to expose the figures beyond loopback without a token."""
+        self.host, self.port, self._token = host, port, token.strip()
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        if port is not None and not self._token and not is_loopback(host):
+            raise ValueError(
+                f"METRICS_HOST={host or '(every interface)'} is reachable from other machines: "
+                "set METRICS_TOKEN (scrapes send it as a bearer token) or keep "
+                "METRICS_HOST=127.0.0.1"
+            )
+
+    def app(self, wallet: Any = None) -> web.Application:
+        handler = metrics_handler(self._metrics, wallet)
+        expected = f"Bearer {self._token}".encode()
+
+        async def scrape(request: web.Request) -> web.Response:
+            if self._token:
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return web.Response(
+                        status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+                    )
+            return await handler(request)
+
+        app = web.Application(client_max_size=4096)
+        app.router.add_get("/metrics", scrape)
+        return app
+
+    async def start(self, wallet: Any = None) -> None:
+        """Listen (nothing when the port is off); the bound port is then in `self.port`."""
+        if self.port is None:
+            return
+        runner = web.AppRunner(self.app(wallet), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if self.port == 0:  # an ephemeral port (tests): say which
+            self.port = runner.addresses[0][1]
+        log.info("metrics on %s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

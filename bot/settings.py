@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # --- servers -----------------------------------------------------------------------------
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    # /metrics listens apart from the public port; beyond loopback only with a bearer token.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9108  # empty METRICS_PORT=: no metrics listener
+    metrics_token: str = ""
 
     # --- Telegram ------------------------------------------------------------------------------
     telegram_bot_token: str = ""
@@ -106,6 +110,12 @@ class Settings(BaseSettings):
     def _sign_type_or_default(cls, value: object) -> object:
         """An empty WECHATPAY_SIGN_TYPE= is the default; any other value must be exact."""
         return value or "HMAC-SHA256"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        """METRICS_PORT= (empty) turns the metrics listener off."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def simulated(self) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from billing import forking
+
 try:
     from redis.connection import HiredisRespSerializer
     from redis.utils import HIREDIS_AVAILABLE
@@ -44,6 +46,11 @@ class AutoPipeline:
         self._pending: list[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._busy = False  # a command or batch is on the wire
+        forking.reset_in_child(self, AutoPipeline._forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's batch on the wire and its callers are not ours."""
+        self._pending, self._flusher, self._busy = [], None, False
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """`client.<command>(*args, **kwargs)`, possibly in a batch with other callers'."""
@@ -137,9 +144,19 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     `?max_connections=N` in the URL changes the pool size. Commands are packed by hiredis where
     it is installed (see `hiredis_packed`).
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=None, decode_responses=True
-    )
-    if HIREDIS_AVAILABLE:  # before the first connection is made
-        pool.connection_class = hiredis_packed(pool.connection_class)
-    return aioredis.Redis.from_pool(pool)
+
+    def pool() -> aioredis.BlockingConnectionPool:
+        made = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, decode_responses=True
+        )
+        if HIREDIS_AVAILABLE:  # before the first connection is made
+            made.connection_class = hiredis_packed(made.connection_class)
+        return made
+
+    def renew(client: aioredis.Redis) -> None:  # a forked child: the parent's sockets are not its
+        forking.keep(client.connection_pool)
+        client.connection_pool = pool()
+
+    client = aioredis.Redis.from_pool(pool())
+    forking.reset_in_child(client, renew)
+    return client

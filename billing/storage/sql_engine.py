@@ -22,6 +22,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from billing import forking
+
 T = TypeVar("T")
 
 # Pages of 1 KiB for a new database file (SQLite's default is 4 KiB). A wallet commit changes a
@@ -60,12 +62,23 @@ def create_engine(url: str | URL) -> AsyncEngine:
     """
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
-        return _sqlite_engine(u)
-    query = dict(u.query)
-    size = int(str(query.pop("pool_size", "8")))
-    return create_async_engine(
-        u.set(query=query), pool_size=size, max_overflow=max(1, size // 2), pool_timeout=60
-    )
+        engine = _sqlite_engine(u)
+    else:
+        query = dict(u.query)
+        size = int(str(query.pop("pool_size", "8")))
+        engine = create_async_engine(
+            u.set(query=query), pool_size=size, max_overflow=max(1, size // 2), pool_timeout=60
+        )
+    if not isinstance(engine.sync_engine.pool, pool.StaticPool):  # :memory: is one process's
+        forking.reset_in_child(engine, _fresh_pool)
+    return engine
+
+
+def _fresh_pool(engine: AsyncEngine) -> None:
+    """In a forked child: a pool of its own; the parent's connections (their sockets, their
+    driver threads, which the child does not have) are kept aside, never used or closed."""
+    forking.keep(engine.sync_engine.pool)
+    engine.sync_engine.dispose(close=False)
 
 
 def sqlite_options(u: URL) -> tuple[URL, str, bool]:

@@ -13,6 +13,12 @@ The bot's SQLite store uses the same writer for its own file (one mechanism, one
 and rollback rules). For it, a call may be a read (`write=False`: a batch of reads only runs
 without a transaction) or a `relaxed` write whose loss after a power cut is harmless: a batch
 made only of those commits with synchronous=NORMAL even when the writer's level is FULL/EXTRA.
+
+After a fork (multiprocessing's default start method, pre-fork servers) the child has the
+writers but not their threads: every writer is reset there (`_forget_parent`), and its
+first call in the child starts a thread and opens a connection of the child's own. The
+parent's connection is never used or closed in the child (SQLite forbids carrying a
+connection across fork): it is kept, unused, until the child exits (billing.forking).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+from billing import forking
 from billing.storage.sql_engine import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
@@ -100,6 +107,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        forking.reset_in_child(self, SqliteWriter._forget_parent)
 
     def _connection(self) -> sqlite3.Connection:
         """The writer's connection, opened on first use (on the writer thread)."""
@@ -125,7 +133,7 @@ class SqliteWriter:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
 
@@ -139,11 +147,22 @@ class SqliteWriter:
         """Run `fn(cursor)` (inside a committed transaction if it writes) and return its result."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # not started yet, or died (a fork)
             self._start()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((fn, write, relaxed, fut))
         return await fut
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's thread, queue and connection (see module doc)."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self._thread = None
+        self._queue = queue.SimpleQueue()  # the parent's pending calls are the parent's
+        if self._conn is not None:
+            forking.keep(self._conn)
+            self._conn = None
+            self._current_sync = ""
 
     # -- on the writer thread ----------------------------------------------------------------
 
@@ -301,6 +320,14 @@ def _settle(answers: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _fresh_registry_lock(cls: type[SqliteWriter]) -> None:
+    """In a forked child: another thread of the parent may have held the registry's lock."""
+    cls._registry_lock = threading.Lock()
+
+
+forking.reset_in_child(SqliteWriter, _fresh_registry_lock)
 
 
 def _answer_on_loop(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -12,7 +12,10 @@ Invariants (every backend, any concurrency, any number of processes):
 - available = total - held never drops below zero;
 - total always equals the sum of the account's ledger entries;
 - a ledger entry and its balance change commit together;
-- a hold past its expiry is never captured: capture refuses it and the sweeper voids it.
+- a hold past its expiry is never captured: capture refuses it and the sweeper voids it;
+- no total, held sum or amount ever exceeds MAX_TOTAL: a credit that would take the total past
+  it is refused inside the same statement or script that would have added it
+  (BalanceLimitExceeded), so it changes nothing, whatever runs concurrently.
 """
 
 from __future__ import annotations
@@ -21,10 +24,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from billing.money import format_credits
+
 # Ledger entry kinds. Credits are positive, captures and debits negative.
 CREDIT = "credit"  # top-up, grant, refund, compensation
 CAPTURE = "capture"  # the spent part of a hold
 DEBIT = "debit"  # an operator's reversal (e.g. a refunded payment)
+
+# The most millicredits an account may hold in total (about 9 * 10**12 credits), and so the
+# largest amount of any call: 2**53 - 1, the largest integer a double holds exactly. Redis's Lua
+# numbers are doubles; SQLite would turn a larger sum into a float and PostgreSQL's BIGINT would
+# overflow past 2**63. One bound for every backend, so a wallet moved between them behaves alike.
+MAX_TOTAL = 2**53 - 1
 
 # Hold states.
 HELD = "held"
@@ -80,6 +91,24 @@ class IdempotencyConflict(WalletError):
 
 class InvalidAmount(WalletError):
     """Amounts are positive integers (captures may be zero) and captures never exceed the hold."""
+
+
+class BalanceLimitExceeded(InvalidAmount):
+    """A credit would take the account's total past MAX_TOTAL (or is larger than it alone).
+
+    Nothing changed: not the balance, not the ledger, and the idempotency key stays unused.
+    """
+
+    def __init__(self, account: str, amount: int, total: int | None = None) -> None:
+        now = "" if total is None else f" (it has {format_credits(total)})"
+        super().__init__(
+            f"{account} cannot take {format_credits(amount)} more credits{now}: an account "
+            f"holds at most {format_credits(MAX_TOTAL)} credits"
+        )
+        self.account = account
+        self.amount = amount
+        self.total = total
+        self.limit = MAX_TOTAL
 
 
 @dataclass(frozen=True, slots=True)

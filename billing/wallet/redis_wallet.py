@@ -40,7 +40,9 @@ from billing.wallet.base import (
     CREDIT,
     DEBIT,
     HELD,
+    MAX_TOTAL,
     Balance,
+    BalanceLimitExceeded,
     Entry,
     Hold,
     HoldNotActive,
@@ -51,8 +53,8 @@ from billing.wallet.base import (
 )
 
 ACCOUNTS_KEY = "creditbot:accounts"
-# Lua numbers are doubles, exact up to 2**53: far beyond any balance (9 * 10**12 credits).
-MAX_AMOUNT = 2**53
+# Lua numbers are doubles, exact up to 2**53: every total stays within MAX_TOTAL (credit.lua).
+MAX_AMOUNT = MAX_TOTAL
 CAPTURE_KEY_PREFIX = "capture:"  # a capture's entry key: this + the hold's key
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCRIPTS = ("credit", "hold", "capture", "void", "sweep")
@@ -184,6 +186,8 @@ class RedisWallet:
         ref: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Entry:
+        if type(amount) is int and amount > MAX_TOTAL:
+            raise BalanceLimitExceeded(account, amount)
         _positive(amount)
         await self._redis.sadd(ACCOUNTS_KEY, account)
         return await self._move(account, amount, key, reason, CREDIT, ref, meta)
@@ -220,6 +224,7 @@ class RedisWallet:
             f"{account}~",
             _body(account, kind, signed, reason, ref, meta, key=key),
             "1" if signed < 0 else "0",
+            MAX_TOTAL,
         )
         if type(reply) is str:  # "N:ts": the script sends back only what Python does not know
             n, ts = reply.split(":")
@@ -236,6 +241,8 @@ class RedisWallet:
             )
         if reply[0] == "short":
             raise InsufficientCredits(account, -signed, int(reply[1]))
+        if reply[0] == "limit":
+            raise BalanceLimitExceeded(account, signed, int(reply[1]))
         if reply[0] == "conflict":
             raise IdempotencyConflict(account, key)
         first = _entry(reply[1])

@@ -23,7 +23,9 @@ from billing.wallet.base import (
     CREDIT,
     EXPIRED,
     HELD,
+    MAX_TOTAL,
     VOIDED,
+    BalanceLimitExceeded,
     Entry,
     Hold,
     HoldNotActive,
@@ -59,10 +61,13 @@ _INS_ENTRY_NEW = _INS_ENTRY + ' ON CONFLICT (account, "key") DO NOTHING RETURNIN
 _INS_ENTRY_PLAIN = _INS_ENTRY + " RETURNING id"
 _ENTRY_BY_KEY = f'SELECT {_ENTRY_COLS} FROM wallet_entries WHERE account = ? AND "key" = ?'
 _HOLD_KEY_USED = 'SELECT id FROM wallet_holds WHERE account = ? AND "key" = ?'
+# No row back: the credit would take the total past MAX_TOTAL (the caller rolls back).
 _CREDIT_ACCOUNT = (
     "INSERT INTO wallet_accounts (id, total, held) VALUES (?, ?, 0) "
-    "ON CONFLICT (id) DO UPDATE SET total = wallet_accounts.total + excluded.total"
+    "ON CONFLICT (id) DO UPDATE SET total = wallet_accounts.total + excluded.total "
+    "WHERE wallet_accounts.total <= ? - excluded.total RETURNING total"
 )
+_TOTAL = "SELECT total FROM wallet_accounts WHERE id = ?"
 _DEBIT_ACCOUNT = "UPDATE wallet_accounts SET total = total - ? WHERE id = ? AND total - held >= ?"
 _RESERVE = "UPDATE wallet_accounts SET held = held + ? WHERE id = ? AND total - held >= ?"
 _RELEASE = "UPDATE wallet_accounts SET held = held - ?, total = total - ? WHERE id = ?"
@@ -179,7 +184,9 @@ def entry_tx(
         if _row(cur, _HOLD_KEY_USED, (account, key)) is not None:
             raise IdempotencyConflict(account, key)  # rolls the new entry back
         if kind == CREDIT:
-            cur.execute(_CREDIT_ACCOUNT, (account, amount))
+            if _row(cur, _CREDIT_ACCOUNT, (account, amount, MAX_TOTAL)) is None:
+                total = _row(cur, _TOTAL, (account,))
+                raise BalanceLimitExceeded(account, amount, total and total[0])  # rolls back
         elif cur.execute(_DEBIT_ACCOUNT, (amount, account, amount)).rowcount != 1:
             _insufficient(cur, account, amount)
         return Entry(

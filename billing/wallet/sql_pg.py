@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing import forking
 from billing.storage.schema import UtcDateTime
 from billing.wallet.base import CAPTURE, CAPTURED, HELD
 from billing.wallet.sql_schema import accounts, entries, holds
@@ -315,6 +316,14 @@ class FastLane:
             _CAPTURE: batch_capture_statement(capture_prefix),
         }
         self.batches = 0  # statements that carried more than one call (for tests and benches)
+        forking.reset_in_child(self, FastLane._forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's connections (sockets shared with the parent) and
+        queued calls are not ours; they are kept aside, never used or closed."""
+        forking.keep((self._idle, self._ops, self._tasks))
+        self._idle, self._open = [], 0
+        self._ops, self._tasks = collections.deque(), set()
 
     # -- the calls -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
 from billing.wallet import sql_lite, sql_pg
-from billing.wallet.base import CAPTURED, EXPIRED, HELD, VOIDED, Entry, Hold
+from billing.wallet.base import CAPTURED, EXPIRED, HELD, MAX_TOTAL, VOIDED, Entry, Hold
 from billing.wallet.sql_schema import accounts, entries, holds
 
 CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
@@ -115,9 +115,12 @@ class Statements:
         )
         self.entry_by_id = sa.select(entries).where(entries.c.id == _p("p_id"))
         stmt = insert(accounts).values(id=_p("p_acct"), total=_p("p_amt"), held=0)
+        # No row back: the credit would take the total past MAX_TOTAL (nothing is updated).
         self.credit_account = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"total": accounts.c.total + stmt.excluded.total}
-        )
+            index_elements=["id"],
+            set_={"total": accounts.c.total + stmt.excluded.total},
+            where=accounts.c.total <= sa.literal(MAX_TOTAL, sa.BigInteger()) - stmt.excluded.total,
+        ).returning(accounts.c.total)
         self.debit_account = (
             sa.update(accounts)
             .where(accounts.c.id == _p("p_acct"))

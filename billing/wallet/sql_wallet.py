@@ -55,8 +55,10 @@ from billing.wallet.base import (
     DEBIT,
     EXPIRED,
     HELD,
+    MAX_TOTAL,
     VOIDED,
     Balance,
+    BalanceLimitExceeded,
     Entry,
     Hold,
     HoldNotActive,
@@ -78,7 +80,7 @@ from billing.wallet.sql_statements import (
 
 T = TypeVar("T")
 
-MAX_AMOUNT = 2**62  # far beyond any balance; keeps sums inside BIGINT
+MAX_AMOUNT = MAX_TOTAL  # no single amount exceeds what an account may hold
 CAPTURE_KEY_PREFIX = sql_lite.CAPTURE_KEY_PREFIX
 _Retry = sql_lite.Retry
 _Deferred = sql_lite.Deferred
@@ -183,6 +185,8 @@ class SqlWallet:
         ref: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Entry:
+        if type(amount) is int and amount > MAX_TOTAL:
+            raise BalanceLimitExceeded(account, amount)
         _check_amount(amount)
         return await self._entry_op(CREDIT, account, amount, key, reason, ref, meta)
 
@@ -234,7 +238,9 @@ class SqlWallet:
             if conn.execute(self._sql.hold_key_used, params).first() is not None:
                 raise IdempotencyConflict(account, key)  # rolls the new entry back
             if kind == CREDIT:
-                conn.execute(self._sql.credit_account, params)
+                if conn.execute(self._sql.credit_account, params).first() is None:
+                    total = conn.execute(self._sql.balance, params).first()
+                    raise BalanceLimitExceeded(account, amount, total and total.total)
             elif (conn.execute(self._sql.debit_account, params)).rowcount != 1:
                 self._insufficient(conn, account, amount)
             return Entry(

@@ -2,7 +2,9 @@
 -- KEYS[1] {acct:ID} (hash: total, held, seq, hseq)   KEYS[2] {acct:ID}:keys   KEYS[3] {acct:ID}:ledger
 -- ARGV[1] signed amount   ARGV[2] idempotency key   ARGV[3] entry id prefix ("ID~")
 -- ARGV[4] the entry's JSON after its opening brace   ARGV[5] "1" to refuse past available
+-- ARGV[6] the most the total may reach (MAX_TOTAL, 2^53 - 1: Lua's doubles hold it exactly)
 -- Returns "N:ts_us" | {"dup", json} | {"short", available} | {"conflict"} (a hold has the key)
+--       | {"limit", total} (a credit would take the total past ARGV[6]; nothing changed)
 -- A dup is the first entry; the caller compares its kind and amount with this call's.
 local known = redis.call('HGET', KEYS[2], 'e:' .. ARGV[2])
 if known then
@@ -16,6 +18,11 @@ if ARGV[5] == '1' then
   local available = (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0)
   if available + tonumber(ARGV[1]) < 0 then
     return {'short', available}
+  end
+else
+  local total = tonumber(redis.call('HGET', KEYS[1], 'total')) or 0
+  if tonumber(ARGV[1]) > tonumber(ARGV[6]) - total then
+    return {'limit', total}
   end
 end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
