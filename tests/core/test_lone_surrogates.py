@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 
-from bot.simulator import Simulator
-
 from bot.core import Core
 from bot.events import FinalText, Message, clean_text
+from simulator import Simulator
 from tests.core.conftest import ask, captures, fund, of_type
 
 ACCOUNT = "telegram:u1"

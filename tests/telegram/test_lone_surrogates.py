@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.telegram import updates as u
+from fakes import telegram_updates as u
 from tests.telegram.conftest import available, fund
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from bot.simulator import Simulator, start_simulator
 
+from bot.assemble import assemble
 from bot.core import Core
 from bot.providers.openai import OpenAIClient
 from bot.settings import Settings
+from fakes.wechat_client import next_msg_id, text_xml
+from simulator import Simulator, start_simulator
 from tests.wechat.conftest import StartBot
-from tests.wechat.wechat_client import next_msg_id, text_xml
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ async def core(sqlite_url: str) -> AsyncIterator[Core]:
         sweep_interval_seconds=3600,
     )
     openai = OpenAIClient(sim.openai_url, "sk-test", max_retries=1)
-    core = await Core.create(settings, openai=openai)
+    core = await assemble(settings, openai=openai)
     await core.start()
     yield core
     await core.close()
