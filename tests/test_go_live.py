@@ -40,7 +40,7 @@ async def creditbot_run(cwd: Path, **env: str) -> AsyncIterator[tuple[str, list[
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot",
+        "cli",
         "run",
         cwd=cwd,
         env=clean_env(HTTP_HOST="127.0.0.1", HTTP_PORT=str(port), **env),
